@@ -9,7 +9,9 @@
 mod api;
 mod error;
 pub mod memory;
+// mod open; (enabled once both stores implement FleetStore)
 pub mod redis_store;
 
 pub use api::*;
 pub use error::StoreError;
+// pub use open::{open, open_with_retry, StoreOptions};

@@ -1,0 +1,310 @@
+//! Loading: TOML file, then `TWINBRIDGE_…` environment variables, then command-line overrides,
+//! then validation of the merged result.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+
+use crate::model::Config;
+use crate::validate::{validate, Problem};
+
+/// Prefix of environment overrides. `TWINBRIDGE_STORE__BACKEND=redis` sets `store.backend`:
+/// `__` separates levels, the rest is lower-cased.
+pub const ENV_PREFIX: &str = "TWINBRIDGE_";
+
+/// The configuration could not be loaded. Every problem names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("invalid configuration:\n{}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The problems, one per offending key.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::File { path, reason } => vec![Problem {
+                key: "(file)".into(),
+                message: format!("{}: {reason}", path.display()),
+            }],
+            ConfigError::Invalid(p) => p.clone(),
+        }
+    }
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {}: {}", p.key, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Builds a [`Config`] from its sources.
+#[derive(Debug, Default, Clone)]
+pub struct Loader {
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    overrides: Vec<(String, String)>,
+}
+
+impl Loader {
+    pub fn new() -> Self {
+        Loader::default()
+    }
+
+    /// Reads this TOML file (it must exist).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Takes overrides from the process environment (`TWINBRIDGE_…`).
+    pub fn process_env(self) -> Self {
+        #[allow(clippy::disallowed_methods)] // this crate is the one place that reads the environment
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        self.env(vars)
+    }
+
+    /// Takes overrides from these variables (only `TWINBRIDGE_…` ones are used).
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(
+            vars.into_iter()
+                .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len()),
+        );
+        self
+    }
+
+    /// Sets one key (dotted path, e.g. `store.backend`) from a command-line flag. The value is
+    /// parsed like an environment value: `true`, `42`, `[a, b]`, else a string.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.overrides.push((key.into(), value.into()));
+        self
+    }
+
+    /// Merges the sources and validates the result, reporting every problem at once.
+    pub fn load(self) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = &self.file {
+            check_readable(path)?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        for (k, v) in &self.env {
+            let key = k[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+            figment = figment.merge((key, parse_value(v)));
+        }
+        for (k, v) in &self.overrides {
+            figment = figment.merge((k.clone(), parse_value(v)));
+        }
+        let mut config: Config = figment.extract().map_err(|e| {
+            ConfigError::Invalid(e.into_iter().map(Problem::from_figment).collect())
+        })?;
+        let problems = validate(&mut config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn check_readable(path: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(path)
+        .map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    reason: "not a regular file".into(),
+                })
+            }
+        })
+}
+
+fn parse_value(raw: &str) -> figment::value::Value {
+    // figment parses bools, numbers and `[a, b]` arrays; anything else stays a string.
+    figment::value::Value::from_str(raw)
+        .unwrap_or_else(|_| figment::value::Value::from(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LogFormat, StoreBackend};
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn file(content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        f
+    }
+
+    fn keys(e: &ConfigError) -> Vec<String> {
+        e.problems().into_iter().map(|p| p.key).collect()
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = Loader::new().load().unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Memory);
+        assert_eq!(c.scheduler.shard_capacity, 1000);
+    }
+
+    #[test]
+    fn file_env_and_flags_merge_in_order() {
+        let f = file(
+            r#"
+            [store]
+            backend = "redis"
+            urls = ["redis://10.0.0.1:6379"]
+            [scheduler]
+            shard_capacity = 500
+            discovery_interval = "2m"
+            [log]
+            format = "json"
+            "#,
+        );
+        let c = Loader::new()
+            .file(f.path())
+            .env([
+                ("TWINBRIDGE_SCHEDULER__SHARD_CAPACITY".to_string(), "700".to_string()),
+                ("TWINBRIDGE_STORE__CLUSTER".to_string(), "true".to_string()),
+                ("OTHER".to_string(), "x".to_string()),
+            ])
+            .set("store.prefix", "fleet-a")
+            .load()
+            .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Redis);
+        assert_eq!(c.store.urls, vec!["redis://10.0.0.1:6379".to_string()]);
+        assert!(c.store.cluster);
+        assert_eq!(c.store.prefix, "fleet-a");
+        assert_eq!(c.scheduler.shard_capacity, 700);
+        assert_eq!(c.scheduler.discovery_interval, Duration::from_secs(120));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let f = file("[store]\nbakend = \"redis\"\n");
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        assert_eq!(keys(&e), vec!["store.bakend".to_string()]);
+        assert!(e.to_string().contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let f = file("[stor]\nbackend = \"redis\"\n");
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        assert_eq!(keys(&e), vec!["stor".to_string()]);
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let f = file("[scheduler]\nshard_capacity = \"many\"\n");
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        assert_eq!(keys(&e), vec!["scheduler.shard_capacity".to_string()]);
+        assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = Loader::new()
+            .env([("TWINBRIDGE_WORKER__LEASE_TTL".to_string(), "soon".to_string())])
+            .load()
+            .unwrap_err();
+        assert_eq!(keys(&e), vec!["worker.lease_ttl".to_string()]);
+    }
+
+    #[test]
+    fn invalid_toml_is_reported() {
+        let f = file("[store\nbackend=");
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        assert!(!e.problems().is_empty());
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let e = Loader::new().file("/nonexistent/twinbridge.toml").load().unwrap_err();
+        assert!(matches!(e, ConfigError::File { .. }), "{e}");
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported_at_once() {
+        let f = file(
+            r#"
+            [store]
+            backend = "redis"
+            urls = ["http://not-redis"]
+            prefix = ""
+            [scheduler]
+            shard_capacity = 0
+            [router]
+            max_payload_bytes = 0
+            [worker]
+            lease_ttl = "1s"
+            heartbeat_interval = "1s"
+            "#,
+        );
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        let mut k = keys(&e);
+        k.sort();
+        assert_eq!(
+            k,
+            vec![
+                "router.max_payload_bytes",
+                "scheduler.shard_capacity",
+                "store.prefix",
+                "store.urls[0]",
+                "worker.heartbeat_interval",
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_from_files_and_never_printed() {
+        let key = file("s3cr3t-app-key\n");
+        let c = Loader::new()
+            .env([(
+                "TWINBRIDGE_PLATFORM__APP_KEY_FILE".to_string(),
+                key.path().display().to_string(),
+            )])
+            .env([("TWINBRIDGE_STORE__PASSWORD".to_string(), "redis-pw".to_string())])
+            .load()
+            .unwrap();
+        assert_eq!(c.platform.app_key.as_ref().unwrap().expose(), "s3cr3t-app-key");
+        assert_eq!(c.store.password.as_ref().unwrap().expose(), "redis-pw");
+        let printed = format!("{c:?}\n{}", c.to_redacted_toml());
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(!printed.contains("redis-pw"), "{printed}");
+    }
+
+    #[test]
+    fn secret_and_secret_file_together_is_a_problem() {
+        let key = file("a");
+        let e = Loader::new()
+            .set("platform.app_key", "b")
+            .set("platform.app_key_file", key.path().display().to_string())
+            .load()
+            .unwrap_err();
+        assert_eq!(keys(&e), vec!["platform.app_key_file".to_string()]);
+    }
+
+    #[test]
+    fn unreadable_secret_file_is_named() {
+        let e = Loader::new()
+            .set("store.password_file", "/nonexistent/pw")
+            .load()
+            .unwrap_err();
+        assert_eq!(keys(&e), vec!["store.password_file".to_string()]);
+    }
+}

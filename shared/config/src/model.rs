@@ -1,0 +1,225 @@
+//! The configuration model. Every struct denies unknown keys; every field has a default so an
+//! empty file is a valid configuration (the embedded, single-process setup).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub platform: PlatformConfig,
+    pub scheduler: SchedulerConfig,
+    pub router: RouterConfig,
+    pub worker: WorkerConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `info,twinbridge_worker=debug`.
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the fleet's shared state lives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (embedded, one process only) or `redis`.
+    pub backend: StoreBackend,
+    /// `redis://` or `rediss://` URLs: one server, or seed nodes of a cluster.
+    pub urls: Vec<String>,
+    /// Speak the Redis Cluster protocol.
+    pub cluster: bool,
+    /// Prefix of every key, so several fleets can share one Redis.
+    pub prefix: String,
+    /// Redis password (overrides one in the URL).
+    pub password: Option<Secret>,
+    /// A file whose content (trimmed) is the Redis password.
+    pub password_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Memory,
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            prefix: "tb".into(),
+            password: None,
+            password_file: None,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Memory,
+    Redis,
+}
+
+/// How to reach ThingWorx.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Base URL up to and including `/Thingworx`.
+    pub url: String,
+    /// The application key sent as the `appKey` header.
+    pub app_key: Option<Secret>,
+    /// A file whose content (trimmed) is the application key.
+    pub app_key_file: Option<PathBuf>,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra headers sent on every request (e.g. for a proxy in front of ThingWorx).
+    pub headers: BTreeMap<String, String>,
+    /// A PEM file with extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate. For labs only; never in production.
+    pub accept_invalid_certs: bool,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            url: "http://127.0.0.1:8099/Thingworx".into(),
+            app_key: None,
+            app_key_file: None,
+            timeout: Duration::from_secs(10),
+            headers: BTreeMap::new(),
+            ca_file: None,
+            accept_invalid_certs: false,
+        }
+    }
+}
+
+/// The scheduler: discovery, assignment, workers, admin API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Address of the admin API and health endpoints.
+    pub listen: SocketAddr,
+    /// Bearer token the admin API requires.
+    pub admin_token: Option<Secret>,
+    /// A file whose content (trimmed) is the admin token.
+    pub admin_token_file: Option<PathBuf>,
+    /// Things carrying this `Vocabulary:Term` tag are connected.
+    pub discovery_tag: String,
+    /// Property category whose properties are delivered from devices.
+    pub discovery_category: String,
+    /// How often discovery runs.
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// Platform requests in flight during discovery.
+    pub discovery_concurrency: u32,
+    /// Things per shard.
+    pub shard_capacity: u32,
+    /// Shards one worker owns.
+    pub shards_per_worker: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            admin_token_file: None,
+            discovery_tag: "AWS_CONNECTED_THING:AWS_CONNECTED_THING".into(),
+            discovery_category: "AWSConnectorBound".into(),
+            discovery_interval: Duration::from_secs(300),
+            discovery_concurrency: 32,
+            shard_capacity: 1000,
+            shards_per_worker: 8,
+        }
+    }
+}
+
+/// The router: ingress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Address of the ingest API and health endpoints.
+    pub listen: SocketAddr,
+    /// Bearer token the HTTP ingest and webhook endpoints require.
+    pub ingest_token: Option<Secret>,
+    /// A file whose content (trimmed) is the ingest token.
+    pub ingest_token_file: Option<PathBuf>,
+    /// Largest accepted message; bigger ones are dead-lettered.
+    pub max_payload_bytes: u32,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            ingest_token: None,
+            ingest_token_file: None,
+            max_payload_bytes: 128 * 1024,
+        }
+    }
+}
+
+/// The worker: egress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address of the health endpoints.
+    pub listen: SocketAddr,
+    /// This worker's id; generated (`worker-<host>-<random>`) when absent.
+    pub id: Option<String>,
+    /// The most shards this worker owns at once.
+    pub max_shards: u32,
+    /// Shard lease time to live: a dead worker's shards move after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the worker reports itself alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            id: None,
+            max_shards: 16,
+            lease_ttl: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}

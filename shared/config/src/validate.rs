@@ -1,0 +1,236 @@
+//! Validation of a merged configuration: every problem is collected, each with its key path.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::model::{Config, StoreBackend};
+use crate::secret::Secret;
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The dotted key path, e.g. `store.urls[0]`.
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn from_figment(e: figment::Error) -> Problem {
+        use figment::error::Kind;
+        let mut path = e.path.clone();
+        let message = match &e.kind {
+            Kind::UnknownField(field, expected) => {
+                if path.last() != Some(field) {
+                    path.push(field.clone());
+                }
+                format!("unknown key; expected one of: {}", expected.join(", "))
+            }
+            other => other.to_string(),
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .and_then(|m| m.source.as_ref())
+            .map(|s| format!(" (from {s})"))
+            .unwrap_or_default();
+        let key = if path.is_empty() {
+            "(root)".to_string()
+        } else {
+            path.join(".")
+        };
+        Problem::new(key, format!("{message}{source}"))
+    }
+}
+
+/// Checks the configuration, resolves secrets given as files, and returns every problem found.
+pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+
+    // store
+    if c.store.backend == StoreBackend::Redis {
+        if c.store.urls.is_empty() {
+            p.push(Problem::new("store.urls", "at least one Redis URL is required"));
+        }
+        for (i, url) in c.store.urls.iter().enumerate() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                p.push(Problem::new(
+                    format!("store.urls[{i}]"),
+                    format!("`{}` is not a redis:// or rediss:// URL", redact_url(url)),
+                ));
+            }
+        }
+    }
+    if c.store.prefix.is_empty() || c.store.prefix.contains(['{', '}', ' ']) {
+        p.push(Problem::new(
+            "store.prefix",
+            "must be non-empty and contain no braces or spaces",
+        ));
+    }
+    positive(&mut p, "store.connect_timeout", c.store.connect_timeout);
+    positive(&mut p, "store.response_timeout", c.store.response_timeout);
+    resolve_secret(
+        &mut p,
+        "store.password",
+        &mut c.store.password,
+        c.store.password_file.as_deref(),
+    );
+
+    // platform
+    if !(c.platform.url.starts_with("http://") || c.platform.url.starts_with("https://")) {
+        p.push(Problem::new(
+            "platform.url",
+            format!("`{}` is not an http(s) URL", c.platform.url),
+        ));
+    }
+    positive(&mut p, "platform.timeout", c.platform.timeout);
+    if let Some(ca) = &c.platform.ca_file {
+        if !ca.is_file() {
+            p.push(Problem::new(
+                "platform.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
+    }
+    resolve_secret(
+        &mut p,
+        "platform.app_key",
+        &mut c.platform.app_key,
+        c.platform.app_key_file.as_deref(),
+    );
+
+    // scheduler
+    if c.scheduler.shard_capacity == 0 {
+        p.push(Problem::new("scheduler.shard_capacity", "must be at least 1"));
+    }
+    if c.scheduler.shards_per_worker == 0 {
+        p.push(Problem::new("scheduler.shards_per_worker", "must be at least 1"));
+    }
+    if c.scheduler.discovery_concurrency == 0 {
+        p.push(Problem::new(
+            "scheduler.discovery_concurrency",
+            "must be at least 1",
+        ));
+    }
+    if !c.scheduler.discovery_tag.contains(':') {
+        p.push(Problem::new(
+            "scheduler.discovery_tag",
+            "must be a `Vocabulary:Term` tag",
+        ));
+    }
+    positive(
+        &mut p,
+        "scheduler.discovery_interval",
+        c.scheduler.discovery_interval,
+    );
+    resolve_secret(
+        &mut p,
+        "scheduler.admin_token",
+        &mut c.scheduler.admin_token,
+        c.scheduler.admin_token_file.as_deref(),
+    );
+
+    // router
+    if c.router.max_payload_bytes == 0 {
+        p.push(Problem::new("router.max_payload_bytes", "must be at least 1"));
+    }
+    resolve_secret(
+        &mut p,
+        "router.ingest_token",
+        &mut c.router.ingest_token,
+        c.router.ingest_token_file.as_deref(),
+    );
+
+    // worker
+    if c.worker.max_shards == 0 {
+        p.push(Problem::new("worker.max_shards", "must be at least 1"));
+    }
+    positive(&mut p, "worker.lease_ttl", c.worker.lease_ttl);
+    positive(&mut p, "worker.heartbeat_interval", c.worker.heartbeat_interval);
+    if !c.worker.heartbeat_interval.is_zero()
+        && c.worker.heartbeat_interval * 2 > c.worker.lease_ttl
+    {
+        p.push(Problem::new(
+            "worker.heartbeat_interval",
+            format!(
+                "must be at most half of worker.lease_ttl ({:?}), or leases expire between renewals",
+                c.worker.lease_ttl
+            ),
+        ));
+    }
+    if let Some(id) = &c.worker.id {
+        if id.is_empty() || id.contains(char::is_whitespace) {
+            p.push(Problem::new("worker.id", "must be non-empty without whitespace"));
+        }
+    }
+    p
+}
+
+fn positive(p: &mut Vec<Problem>, key: &str, d: std::time::Duration) {
+    if d.is_zero() {
+        p.push(Problem::new(key, "must be greater than zero"));
+    }
+}
+
+fn resolve_secret(p: &mut Vec<Problem>, key: &str, value: &mut Option<Secret>, file: Option<&Path>) {
+    let Some(file) = file else { return };
+    let file_key = format!("{key}_file");
+    if value.is_some() {
+        p.push(Problem::new(
+            file_key,
+            format!("set either {key} or {key}_file, not both"),
+        ));
+        return;
+    }
+    match std::fs::read_to_string(file) {
+        Ok(s) if !s.trim().is_empty() => *value = Some(Secret::new(s.trim())),
+        Ok(_) => p.push(Problem::new(
+            file_key,
+            format!("{} is empty", file.display()),
+        )),
+        Err(e) => p.push(Problem::new(
+            file_key,
+            format!("cannot read {}: {e}", file.display()),
+        )),
+    }
+}
+
+/// Hides a password inside a URL (`redis://:pw@host` → `redis://:***@host`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Config {
+    /// The configuration as TOML with every secret shown as `***` and passwords in URLs hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.store.urls = c.store.urls.iter().map(|u| redact_url(u)).collect();
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://user:pw@h:1/0"), "redis://user:***@h:1/0");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}
