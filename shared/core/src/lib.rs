@@ -5,6 +5,7 @@
 
 pub mod dlq;
 pub mod envelope;
+pub mod messages;
 pub mod shard;
 pub mod thing;
 pub mod time;
@@ -14,5 +15,6 @@ pub use envelope::{
     DecodeError, EncodedEnvelope, Envelope, MessageKind, Payload, Source, SourceKind,
     ENVELOPE_VERSION,
 };
+pub use messages::{PresenceEvent, PresenceEventType, PropertyChange};
 pub use shard::{FencingToken, Shard, ShardId, WorkerId, WorkerInfo};
 pub use thing::{BaseType, PropertyDef, PropertyModel, Thing, ThingName};
