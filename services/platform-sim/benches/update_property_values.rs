@@ -2,9 +2,9 @@
 //!
 //! Spawns the simulator in-process with generated Things, then drives it with the real platform
 //! client (pooled keep-alive reqwest) from many concurrent tasks, ~10 values per request.
-//! Knobs (environment): `BENCH_SECS` (default 10), `BENCH_CONCURRENCY` (default 64),
-//! `BENCH_THINGS` (default 1000), `BENCH_VALUES` (values per request, default 10).
-//! Run: `cargo bench -p twinbridge-platform-sim`.
+//! Knobs (arguments after `--`): `--secs N` (default 10), `--concurrency N` (default 64),
+//! `--things N` (default 1000), `--values N` (values per request, default 10).
+//! Run: `cargo bench -p twinbridge-platform-sim [-- --secs 20]`.
 
 use std::time::{Duration, Instant};
 
@@ -25,9 +25,11 @@ const PROPS: [&str; 10] = [
     "awsConnected",
 ];
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
+/// The value after `--name` on the command line, or `default`.
+fn arg_or(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
@@ -78,11 +80,12 @@ async fn drive(
 }
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; any other argument is a filter we do not use.
-    let secs = env_or("BENCH_SECS", 10) as u64;
-    let concurrency = env_or("BENCH_CONCURRENCY", 64);
-    let things = env_or("BENCH_THINGS", 1000);
-    let values = env_or("BENCH_VALUES", 10).clamp(1, PROPS.len());
+    // `cargo bench` also passes `--bench`, which is ignored.
+    let args: Vec<String> = std::env::args().collect();
+    let secs = arg_or(&args, "--secs", 10) as u64;
+    let concurrency = arg_or(&args, "--concurrency", 64).max(1);
+    let things = arg_or(&args, "--things", 1000).max(1);
+    let values = arg_or(&args, "--values", 10).clamp(1, PROPS.len());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -156,14 +156,22 @@ async fn gate_inner(sim: &Simulator, req: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(html))
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Response> {
+/// A request body that is not the JSON a service takes (answered 400).
+struct BadInput(String);
+
+impl IntoResponse for BadInput {
+    fn into_response(self) -> Response {
+        text(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, BadInput> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
-    serde_json::from_slice(bytes)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid JSON input: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| BadInput(format!("Invalid JSON input: {e}")))
 }
 
 async fn get_thing(State(sim): State<Simulator>, Path(name): Path<String>) -> Response {
@@ -251,7 +259,7 @@ async fn put_property(
 ) -> Response {
     let values: Map<String, Value> = match parse_body(&body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let writes: Vec<PendingWrite> = if property == "*" {
         values
@@ -310,7 +318,7 @@ struct UpdateRow {
 fn update_property_values(sim: &Simulator, thing: &str, body: &Bytes) -> Response {
     let input: UpdateInput = match parse_body(body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let Some(values) = input.values else {
         return text(StatusCode::NOT_FOUND, "Missing required parameter [values]");
@@ -353,7 +361,7 @@ struct DefinitionsInput {
 fn property_definitions(t: &ThingState, body: &Bytes) -> Response {
     let input: DefinitionsInput = match parse_body(body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let category = input.category.filter(|c| !c.is_empty());
     let mut out = InfoTable::with_fields([
@@ -393,8 +401,8 @@ async fn thing_service(
         return thing_not_found(&name);
     };
     // Inputs of the services below must still be JSON.
-    if let Err(resp) = parse_body::<Value>(&body) {
-        return resp;
+    if let Err(e) = parse_body::<Value>(&body) {
+        return e.into_response();
     }
     match service.as_str() {
         "GetPropertyDefinitions" => property_definitions(&t, &body),
@@ -448,7 +456,7 @@ const DEFAULT_MAX_ITEMS: usize = 500;
 fn entity_list(sim: &Simulator, body: &Bytes) -> Response {
     let input: EntityListInput = match parse_body(body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let max = input
         .max_items
@@ -492,7 +500,7 @@ fn entity_list(sim: &Simulator, body: &Bytes) -> Response {
 fn create_thing(sim: &Simulator, body: &Bytes) -> Response {
     let input: CreateThingInput = match parse_body(body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let (Some(name), Some(template)) = (input.name, input.thing_template_name) else {
         return text(

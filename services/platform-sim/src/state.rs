@@ -288,11 +288,14 @@ pub struct StatsSnapshot {
     pub templates: usize,
 }
 
+/// One lock shard of the Thing map.
+type ThingShard = RwLock<HashMap<String, Arc<ThingState>>>;
+
 pub(crate) struct Inner {
     pub(crate) app_key: String,
     pub(crate) history_cap: usize,
     pub(crate) templates: RwLock<BTreeMap<String, Arc<TemplateSeed>>>,
-    shards: Box<[RwLock<HashMap<String, Arc<ThingState>>>]>,
+    shards: Box<[ThingShard]>,
     hasher: RandomState,
     seq: AtomicU64,
     pub(crate) stats: Stats,
@@ -405,7 +408,7 @@ impl Simulator {
         &self.inner.app_key
     }
 
-    fn shard(&self, name: &str) -> &RwLock<HashMap<String, Arc<ThingState>>> {
+    fn shard(&self, name: &str) -> &ThingShard {
         let h = self.inner.hasher.hash_one(name);
         // SHARDS is a power of two; the mask keeps the index in range.
         &self.inner.shards[(h as usize) & (SHARDS - 1)]

@@ -356,11 +356,14 @@ async fn protocol_gate_checks_key_content_type_and_accept() -> Result<()> {
     Ok(())
 }
 
+/// What the receiver saw: the Authorization header and the body of each call.
+type Calls = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
 #[derive(Clone, Default)]
 struct Receiver {
     fail_first: usize,
     calls: Arc<AtomicUsize>,
-    got: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    got: Calls,
 }
 
 async fn receive(

@@ -71,7 +71,8 @@ impl PlatformClient {
             .connect_timeout(config.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_keepalive(Duration::from_secs(30))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &config.tls.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| PlatformError::Config(format!("CA file {}: {e}", path.display())))?;

@@ -50,7 +50,7 @@ pub enum PlatformError {
         retry_after: Option<Duration>,
     },
     /// A success status with a body that is not the JSON expected (an HTML page from a proxy, a
-    /// truncated answer…).
+    /// truncated answer…) or a redirect (wrong base URL). Not retried: an operator must look.
     #[error("platform answered {status} with an unexpected body for {what}: {snippet}")]
     InvalidResponse {
         status: u16,
@@ -117,6 +117,13 @@ impl PlatformError {
             404 | 410 => PlatformError::NotFound {
                 status: code,
                 what,
+                snippet,
+            },
+            // The platform API does not redirect: a redirect means a wrong base URL (http that
+            // should be https, a login proxy), which retrying cannot fix.
+            300..=399 => PlatformError::InvalidResponse {
+                status: code,
+                what: format!("{what} (unexpected redirect)"),
                 snippet,
             },
             408 | 425 | 429 | 500..=599 => PlatformError::Retryable {
@@ -262,6 +269,26 @@ mod tests {
         for code in [400, 405, 406, 409, 413, 415, 422] {
             let e = classify(code, None);
             assert_eq!(e.class(), "bad_request", "{code}");
+            assert!(!e.is_retryable());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_error_answer_is_classified(code in 300u16..600, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), ra in ".{0,40}") {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
+            let e = PlatformError::from_status(status, Some(&ra), &body, "x");
+            proptest::prop_assert_eq!(e.status(), Some(code));
+            proptest::prop_assert!(e.to_string().chars().count() < SNIPPET_MAX_CHARS + 100);
+            proptest::prop_assert_eq!(e.is_retryable(), e.class() == "retryable");
+        }
+    }
+
+    #[test]
+    fn redirects_are_invalid_responses() {
+        for code in [301, 302, 307, 308] {
+            let e = classify(code, None);
+            assert_eq!(e.class(), "invalid_response", "{code}");
             assert!(!e.is_retryable());
         }
     }
