@@ -636,26 +636,58 @@ impl Simulator {
     }
 
     /// Recorded writes of one Thing (or of all), in arrival order, the last `limit` of them.
+    /// Only the newest `limit` records are ever copied, whatever the size of the histories.
     pub fn writes(&self, thing: Option<&str>, limit: usize) -> Vec<(String, String, WriteRecord)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        struct Newest(String, String, WriteRecord);
+        impl PartialEq for Newest {
+            fn eq(&self, other: &Self) -> bool {
+                self.2.seq == other.2.seq
+            }
+        }
+        impl Eq for Newest {}
+        impl PartialOrd for Newest {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for Newest {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.2.seq.cmp(&other.2.seq)
+            }
+        }
+
+        if limit == 0 {
+            return Vec::new();
+        }
         let things = match thing {
             Some(t) => self.thing(t).into_iter().collect(),
             None => self.all_things(),
         };
-        let mut out = Vec::new();
+        // A min-heap of the newest `limit` records seen so far.
+        let mut heap: BinaryHeap<Reverse<Newest>> = BinaryHeap::with_capacity(limit + 1);
         for t in things {
             let props = t.props.lock();
             for (p, state) in props.iter() {
-                out.extend(
-                    state
-                        .history
-                        .iter()
-                        .map(|r| (t.name.clone(), p.clone(), r.clone())),
-                );
+                for r in state.history.iter().rev() {
+                    if heap.len() == limit && heap.peek().is_some_and(|Reverse(m)| r.seq <= m.2.seq)
+                    {
+                        break;
+                    }
+                    heap.push(Reverse(Newest(t.name.clone(), p.clone(), r.clone())));
+                    if heap.len() > limit {
+                        heap.pop();
+                    }
+                }
             }
         }
+        let mut out: Vec<(String, String, WriteRecord)> = heap
+            .into_iter()
+            .map(|Reverse(Newest(t, p, r))| (t, p, r))
+            .collect();
         out.sort_by_key(|(_, _, r)| r.seq);
-        let skip = out.len().saturating_sub(limit);
-        out.drain(..skip);
         out
     }
 

@@ -225,6 +225,14 @@ async fn stale_vtq_is_recorded_without_changing_the_value() -> Result<()> {
     assert_eq!(writes.len(), 2);
     assert_eq!(writes[0]["property"], json!("temperature"));
     assert_eq!(writes[0]["source"], json!("UpdatePropertyValues"));
+    let last = get_json(&format!("{}/_sim/writes?limit=1", sim.root_url())).await?;
+    assert_eq!(last["writes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        last["writes"][0]["seq"], writes[1]["seq"],
+        "the newest write"
+    );
+    let none = get_json(&format!("{}/_sim/writes?thing=nope", sim.root_url())).await?;
+    assert_eq!(none["writes"], json!([]));
     let unknown = http()
         .get(format!(
             "{}/_sim/things/sim-thing-000000/properties/nope/history",

@@ -456,6 +456,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_build() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-ca.pem");
+        let mut cfg = PlatformConfig::new("https://127.0.0.1:1/Thingworx", AppKey::new("k"));
+        cfg.tls.ca_file = Some(ca.into());
+        assert!(PlatformClient::new(cfg.clone()).is_ok());
+        cfg.tls.accept_invalid_certs = true;
+        assert!(PlatformClient::new(cfg).is_ok());
+
+        // A file without any certificate is refused.
+        let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let mut cfg = PlatformConfig::new("https://127.0.0.1:1/Thingworx", AppKey::new("k"));
+        cfg.tls.ca_file = Some(not_pem.into());
+        let e = PlatformClient::new(cfg).err();
+        assert_eq!(e.map(|e| e.class()), Some("config"));
+    }
+
+    #[test]
     fn urls_encode_segments() {
         let c = PlatformClient::new(PlatformConfig::new(
             "http://127.0.0.1:1/Thingworx/",
