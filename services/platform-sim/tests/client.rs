@@ -403,7 +403,7 @@ async fn server_errors_are_retryable_with_retry_after() -> Result<()> {
 async fn outage_window_then_recovery() -> Result<()> {
     let (sim, client) = setup().await?;
     sim.sim.set_faults(Faults {
-        outage_ms: 300,
+        outage_ms: 1_000,
         ..Faults::default()
     });
     let e = client.read_property("pump-1", "temp").await.err();
@@ -411,7 +411,7 @@ async fn outage_window_then_recovery() -> Result<()> {
         e.as_ref().map(|e| (e.class(), e.status())),
         Some(("retryable", Some(503)))
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(client.read_property("pump-1", "temp").await?, json!(1.0));
     Ok(())
 }
