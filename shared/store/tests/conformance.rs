@@ -88,6 +88,7 @@ fn all_checks() -> Vec<Check> {
         check!(assignment_snapshot_consistent_under_writes),
         check!(assignment_reset_when_feed_trimmed, MEMORY_ONLY, Some(5)),
         check!(leases_acquire_renew_release),
+        check!(leases_one_winner_under_contention),
         check!(leases_expire_and_fence_the_stale_owner),
         check!(streams_append_order_and_read),
         check!(streams_blocking_read_is_woken_by_append),

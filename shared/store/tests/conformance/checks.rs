@@ -749,6 +749,34 @@ pub async fn leases_acquire_renew_release(store: Store) -> Result<()> {
     Ok(())
 }
 
+pub async fn leases_one_winner_under_contention(store: Store) -> Result<()> {
+    let key = LeaseKey::Shard(ShardId(7));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .acquire_lease(&key, &format!("contender-{i}"), LONG_TTL)
+                .await
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await? {
+            Ok(lease) => winners.push(lease),
+            Err(StoreError::LeaseHeld { .. }) => {}
+            Err(other) => bail!("unexpected error: {other:?}"),
+        }
+    }
+    ensure!(winners.len() == 1, "{} winners: {winners:?}", winners.len());
+    ensure!(
+        store.current_lease(&key).await? == Some(winners[0].clone()),
+        "the winner holds it"
+    );
+    Ok(())
+}
+
 pub async fn leases_expire_and_fence_the_stale_owner(store: Store) -> Result<()> {
     let shard = store.create_shard(10).await?.id;
     store.put_things(&[thing("t1", shard, 1)]).await?;
