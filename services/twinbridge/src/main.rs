@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use twinbridge_config::{Config, ConfigError, LogFormat, Loader, StoreBackend};
+use twinbridge_config::{Config, ConfigError, Loader, LogFormat, StoreBackend};
 use twinbridge_store::memory::MemoryStore;
 use twinbridge_store::redis_store::RedisStoreOptions;
 use twinbridge_store::StoreOptions;
@@ -21,7 +21,11 @@ const EXIT_CONFIG: u8 = 64;
 const GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
-#[command(name = "twinbridge", version, about = "AWS IoT device fleets into ThingWorx, at scale")]
+#[command(
+    name = "twinbridge",
+    version,
+    about = "AWS IoT device fleets into ThingWorx, at scale"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -174,7 +178,11 @@ fn store_options(config: &Config) -> StoreOptions {
             urls: config.store.urls.clone(),
             cluster: config.store.cluster,
             prefix: config.store.prefix.clone(),
-            password: config.store.password.as_ref().map(|s| s.expose().to_string()),
+            password: config
+                .store
+                .password
+                .as_ref()
+                .map(|s| s.expose().to_string()),
             connect_timeout: config.store.connect_timeout,
             response_timeout: config.store.response_timeout,
         }),
@@ -182,7 +190,10 @@ fn store_options(config: &Config) -> StoreOptions {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("twinbridge: cannot start the async runtime: {e}");
@@ -269,7 +280,10 @@ async fn run_services(command: Command, config: Config) -> anyhow::Result<()> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(grace_s = GRACE.as_secs(), "services did not stop within the grace period");
+        tracing::warn!(
+            grace_s = GRACE.as_secs(),
+            "services did not stop within the grace period"
+        );
     }
     result
 }

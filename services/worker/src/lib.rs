@@ -91,8 +91,15 @@ async fn run_as(
         draining: false,
         version: twinbridge_telemetry::VERSION.to_string(),
     };
-    heartbeat_loop(&*store, &mut info, cfg.heartbeat_interval, cfg.lease_ttl, &health, &shutdown)
-        .await;
+    heartbeat_loop(
+        &*store,
+        &mut info,
+        cfg.heartbeat_interval,
+        cfg.lease_ttl,
+        &health,
+        &shutdown,
+    )
+    .await;
 
     if let Err(e) = store.remove_worker(&id).await {
         tracing::warn!(error = %e, "could not remove worker from the fleet on stop");

@@ -65,7 +65,8 @@ impl Loader {
 
     /// Takes overrides from the process environment (`TWINBRIDGE_…`).
     pub fn process_env(self) -> Self {
-        #[allow(clippy::disallowed_methods)] // this crate is the one place that reads the environment
+        #[allow(clippy::disallowed_methods)]
+        // this crate is the one place that reads the environment
         let vars: Vec<(String, String)> = std::env::vars().collect();
         self.env(vars)
     }
@@ -94,7 +95,9 @@ impl Loader {
             figment = figment.merge(Toml::file_exact(path));
         }
         for (k, v) in &self.env {
-            let key = k[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+            let key = k[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
             figment = figment.merge((key, parse_value(v)));
         }
         for (k, v) in &self.overrides {
@@ -177,7 +180,10 @@ mod tests {
         let c = Loader::new()
             .file(f.path())
             .env([
-                ("TWINBRIDGE_SCHEDULER__SHARD_CAPACITY".to_string(), "700".to_string()),
+                (
+                    "TWINBRIDGE_SCHEDULER__SHARD_CAPACITY".to_string(),
+                    "700".to_string(),
+                ),
                 ("TWINBRIDGE_STORE__CLUSTER".to_string(), "true".to_string()),
                 ("OTHER".to_string(), "x".to_string()),
             ])
@@ -219,7 +225,10 @@ mod tests {
     #[test]
     fn bad_duration_is_named() {
         let e = Loader::new()
-            .env([("TWINBRIDGE_WORKER__LEASE_TTL".to_string(), "soon".to_string())])
+            .env([(
+                "TWINBRIDGE_WORKER__LEASE_TTL".to_string(),
+                "soon".to_string(),
+            )])
             .load()
             .unwrap_err();
         assert_eq!(keys(&e), vec!["worker.lease_ttl".to_string()]);
@@ -234,7 +243,10 @@ mod tests {
 
     #[test]
     fn missing_file_is_reported() {
-        let e = Loader::new().file("/nonexistent/twinbridge.toml").load().unwrap_err();
+        let e = Loader::new()
+            .file("/nonexistent/twinbridge.toml")
+            .load()
+            .unwrap_err();
         assert!(matches!(e, ConfigError::File { .. }), "{e}");
     }
 
@@ -278,10 +290,16 @@ mod tests {
                 "TWINBRIDGE_PLATFORM__APP_KEY_FILE".to_string(),
                 key.path().display().to_string(),
             )])
-            .env([("TWINBRIDGE_STORE__PASSWORD".to_string(), "redis-pw".to_string())])
+            .env([(
+                "TWINBRIDGE_STORE__PASSWORD".to_string(),
+                "redis-pw".to_string(),
+            )])
             .load()
             .unwrap();
-        assert_eq!(c.platform.app_key.as_ref().unwrap().expose(), "s3cr3t-app-key");
+        assert_eq!(
+            c.platform.app_key.as_ref().unwrap().expose(),
+            "s3cr3t-app-key"
+        );
         assert_eq!(c.store.password.as_ref().unwrap().expose(), "redis-pw");
         let printed = format!("{c:?}\n{}", c.to_redacted_toml());
         assert!(!printed.contains("s3cr3t"), "{printed}");

@@ -57,7 +57,10 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
     // store
     if c.store.backend == StoreBackend::Redis {
         if c.store.urls.is_empty() {
-            p.push(Problem::new("store.urls", "at least one Redis URL is required"));
+            p.push(Problem::new(
+                "store.urls",
+                "at least one Redis URL is required",
+            ));
         }
         for (i, url) in c.store.urls.iter().enumerate() {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -108,10 +111,16 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
 
     // scheduler
     if c.scheduler.shard_capacity == 0 {
-        p.push(Problem::new("scheduler.shard_capacity", "must be at least 1"));
+        p.push(Problem::new(
+            "scheduler.shard_capacity",
+            "must be at least 1",
+        ));
     }
     if c.scheduler.shards_per_worker == 0 {
-        p.push(Problem::new("scheduler.shards_per_worker", "must be at least 1"));
+        p.push(Problem::new(
+            "scheduler.shards_per_worker",
+            "must be at least 1",
+        ));
     }
     if c.scheduler.discovery_concurrency == 0 {
         p.push(Problem::new(
@@ -139,7 +148,10 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
 
     // router
     if c.router.max_payload_bytes == 0 {
-        p.push(Problem::new("router.max_payload_bytes", "must be at least 1"));
+        p.push(Problem::new(
+            "router.max_payload_bytes",
+            "must be at least 1",
+        ));
     }
     resolve_secret(
         &mut p,
@@ -153,7 +165,11 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         p.push(Problem::new("worker.max_shards", "must be at least 1"));
     }
     positive(&mut p, "worker.lease_ttl", c.worker.lease_ttl);
-    positive(&mut p, "worker.heartbeat_interval", c.worker.heartbeat_interval);
+    positive(
+        &mut p,
+        "worker.heartbeat_interval",
+        c.worker.heartbeat_interval,
+    );
     if !c.worker.heartbeat_interval.is_zero()
         && c.worker.heartbeat_interval * 2 > c.worker.lease_ttl
     {
@@ -167,7 +183,10 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
     }
     if let Some(id) = &c.worker.id {
         if id.is_empty() || id.contains(char::is_whitespace) {
-            p.push(Problem::new("worker.id", "must be non-empty without whitespace"));
+            p.push(Problem::new(
+                "worker.id",
+                "must be non-empty without whitespace",
+            ));
         }
     }
     p
@@ -179,7 +198,12 @@ fn positive(p: &mut Vec<Problem>, key: &str, d: std::time::Duration) {
     }
 }
 
-fn resolve_secret(p: &mut Vec<Problem>, key: &str, value: &mut Option<Secret>, file: Option<&Path>) {
+fn resolve_secret(
+    p: &mut Vec<Problem>,
+    key: &str,
+    value: &mut Option<Secret>,
+    file: Option<&Path>,
+) {
     let Some(file) = file else { return };
     let file_key = format!("{key}_file");
     if value.is_some() {
@@ -230,7 +254,10 @@ mod tests {
     #[test]
     fn urls_are_redacted() {
         assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
-        assert_eq!(redact_url("redis://user:pw@h:1/0"), "redis://user:***@h:1/0");
+        assert_eq!(
+            redact_url("redis://user:pw@h:1/0"),
+            "redis://user:***@h:1/0"
+        );
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
     }
 }

@@ -128,7 +128,12 @@ impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match std::str::from_utf8(&self.0) {
             Ok(s) if s.len() <= 256 => write!(f, "{s:?}"),
-            Ok(s) => write!(f, "{:?}…({} bytes)", &s[..s.floor_char_boundary(256)], s.len()),
+            Ok(s) => write!(
+                f,
+                "{:?}…({} bytes)",
+                &s[..s.floor_char_boundary(256)],
+                s.len()
+            ),
             Err(_) => write!(f, "<{} bytes, not UTF-8>", self.0.len()),
         }
     }
@@ -329,8 +334,7 @@ mod tests {
     #[test]
     fn unknown_version_is_rejected() {
         let enc = sample().encode();
-        let err =
-            Envelope::decode(Some(b"2"), Some(&enc.header), Some(enc.payload)).unwrap_err();
+        let err = Envelope::decode(Some(b"2"), Some(&enc.header), Some(enc.payload)).unwrap_err();
         assert!(matches!(err, DecodeError::UnsupportedVersion { .. }));
         assert!(err.to_string().contains("version 2"));
     }

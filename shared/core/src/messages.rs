@@ -92,12 +92,18 @@ mod tests {
         assert_eq!(c.version_number, 0);
         let d: PresenceEvent = serde_json::from_str(r#"{"clientId":"186b5","timestamp":1573002340451,"eventType":"disconnected","sessionIdentifier":"a4666d2a7d844ae4ac5d7b38c9cb7967","principalIdentifier":"12345678901234567890123456789012","clientInitiatedDisconnect":true,"disconnectReason":"CLIENT_INITIATED_DISCONNECT","versionNumber":0}"#).unwrap();
         assert_eq!(d.event_type, PresenceEventType::Disconnected);
-        assert_eq!(d.disconnect_reason.as_deref(), Some("CLIENT_INITIATED_DISCONNECT"));
+        assert_eq!(
+            d.disconnect_reason.as_deref(),
+            Some("CLIENT_INITIATED_DISCONNECT")
+        );
         let other: PresenceEvent = serde_json::from_str(
             r#"{"clientId":"x","timestamp":1,"eventType":"connect_failed","versionNumber":3}"#,
         )
         .unwrap();
-        assert_eq!(other.event_type, PresenceEventType::Other("connect_failed".into()));
+        assert_eq!(
+            other.event_type,
+            PresenceEventType::Other("connect_failed".into())
+        );
         let back: PresenceEvent =
             serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
@@ -110,7 +116,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.value, serde_json::json!(42));
-        let back: PropertyChange = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        let back: PropertyChange =
+            serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
         assert!(serde_json::from_str::<PropertyChange>(
             r#"{"thing":"a","property":"b","value":1,"time":1,"extra":1}"#

@@ -92,7 +92,9 @@ pub struct Lease {
 }
 
 /// The version of the Thing → shard assignment. Every change to it bumps the version by one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct AssignmentVersion(pub u64);
 

@@ -53,13 +53,19 @@ impl Health {
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, Readiness> {
-        self.components.lock().map(|c| c.clone()).unwrap_or_default()
+        self.components
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// Routes for `/healthz`, `/readyz` and `/metrics`, to merge into a service's router.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+            .route(
+                "/healthz",
+                get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            )
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.clone())

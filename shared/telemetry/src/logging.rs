@@ -11,7 +11,7 @@ pub enum LogStyle {
     Json,
 }
 
-/// Installs the global subscriber. `filter` is a `tracing` directive (`info`,
+/// Installs the global subscriber, writing to stderr (stdout stays for command output). `filter` is a `tracing` directive (`info`,
 /// `info,twinbridge_worker=debug`); `RUST_LOG` wins when set. Calling it twice is harmless.
 pub fn init_logging(style: LogStyle, filter: &str) {
     let filter = EnvFilter::try_from_default_env()
@@ -20,14 +20,19 @@ pub fn init_logging(style: LogStyle, filter: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match style {
         LogStyle::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogStyle::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
     };
