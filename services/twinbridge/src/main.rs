@@ -185,6 +185,7 @@ fn store_options(config: &Config) -> StoreOptions {
                 .map(|s| s.expose().to_string()),
             connect_timeout: config.store.connect_timeout,
             response_timeout: config.store.response_timeout,
+            ..RedisStoreOptions::default()
         }),
     }
 }

@@ -9,9 +9,10 @@
 mod api;
 mod error;
 pub mod memory;
-// mod open; (enabled once both stores implement FleetStore)
+mod open;
+mod redis_lua;
 pub mod redis_store;
 
 pub use api::*;
 pub use error::StoreError;
-// pub use open::{open, open_with_retry, StoreOptions};
+pub use open::{open, open_with_retry, StoreOptions};

@@ -1,19 +1,16 @@
 //! The fleet store conformance suite: one set of behaviour checks (`conformance/checks.rs`) run
-//! against every backend. Runs on the embedded `MemoryStore` now; the `RedisStore` backends (a real
-//! redis-server and a real 3-master cluster from `twinbridge-test-support`) join as soon as that
-//! store and those helpers exist.
+//! against every backend: the embedded `MemoryStore`, `RedisStore` on a real redis-server, and
+//! `RedisStore` on a real 3-master Redis Cluster (both started by `twinbridge-test-support` on free
+//! loopback ports).
 //!
-//! This test binary has its own `main` (`harness = false`) so that, once Redis backends are in, it
-//! can start ONE redis-server and ONE cluster for the whole run and stop them before exiting — a
-//! libtest harness gives no hook to stop process-wide servers. Every check × backend runs
+//! This test binary has its own `main` (`harness = false`) so that it starts ONE redis-server and
+//! ONE cluster for the whole run and stops them before exiting — a libtest harness gives no hook
+//! to stop process-wide servers. Every check × backend runs
 //! concurrently on a store of its own, with one line per case printed like libtest does.
 //!
 //! Arguments: substrings to select cases by `backend::check` name (all when none); `--list`
 //! lists the cases. Other flags (`--nocapture`, `--test-threads`, …) are accepted and ignored.
-//!
-//! Not checked on Redis: the change feed answering `Reset` once trimmed. The Redis feed keeps
-//! 200 000 changes and `RedisStoreOptions` has no per-prefix trim setting, so provoking a trim
-//! would take 200 000 writes; the memory store runs that check with a feed limit of 5.
+//! Each Redis case runs on a key prefix of its own, so cases never see each other's state.
 
 #[path = "conformance/checks.rs"]
 mod checks;
@@ -27,7 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::Semaphore;
 use twinbridge_store::memory::MemoryStore;
+use twinbridge_store::redis_store::{RedisStore, RedisStoreOptions, DEFAULT_FEED_LIMIT};
 use twinbridge_store::FleetStore;
+use twinbridge_test_support::{unique_prefix, RedisCluster, RedisServer};
 
 type Store = Arc<dyn FleetStore>;
 type CheckFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -41,18 +40,28 @@ const PARALLEL_CASES: usize = 12;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Memory,
+    Redis,
+    Cluster,
 }
 
 impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::Cluster => "cluster",
         }
     }
 }
 
-const ALL: &[Backend] = &[Backend::Memory];
-const MEMORY_ONLY: &[Backend] = &[Backend::Memory];
+const ALL: &[Backend] = &[Backend::Memory, Backend::Redis, Backend::Cluster];
+
+/// The servers the Redis cases run against (started once per run, only when selected).
+#[derive(Clone, Default)]
+struct Servers {
+    redis: Option<Arc<RedisServer>>,
+    cluster: Option<Arc<RedisCluster>>,
+}
 
 struct Check {
     name: &'static str,
@@ -86,7 +95,7 @@ fn all_checks() -> Vec<Check> {
         check!(assignment_snapshot_and_feed),
         check!(assignment_large_call_paged),
         check!(assignment_snapshot_consistent_under_writes),
-        check!(assignment_reset_when_feed_trimmed, MEMORY_ONLY, Some(5)),
+        check!(assignment_reset_when_feed_trimmed, ALL, Some(5)),
         check!(leases_acquire_renew_release),
         check!(leases_one_winner_under_contention),
         check!(leases_expire_and_fence_the_stale_owner),
@@ -103,12 +112,41 @@ fn all_checks() -> Vec<Check> {
 }
 
 /// The store a case runs against: fresh state.
-async fn open_store(backend: Backend, feed_limit: Option<usize>) -> Result<Store> {
+async fn open_store(
+    backend: Backend,
+    feed_limit: Option<usize>,
+    servers: &Servers,
+) -> Result<Store> {
+    let redis_options = |urls: Vec<String>, cluster: bool| RedisStoreOptions {
+        urls,
+        cluster,
+        prefix: unique_prefix("conf"),
+        feed_limit: feed_limit.unwrap_or(DEFAULT_FEED_LIMIT),
+        ..RedisStoreOptions::default()
+    };
     match backend {
         Backend::Memory => Ok(Arc::new(match feed_limit {
             Some(limit) => MemoryStore::with_feed_limit(limit),
             None => MemoryStore::new(),
         })),
+        Backend::Redis => {
+            let server = servers
+                .redis
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("redis-server was not started"))?;
+            Ok(Arc::new(
+                RedisStore::connect(redis_options(vec![server.url()], false)).await?,
+            ))
+        }
+        Backend::Cluster => {
+            let cluster = servers
+                .cluster
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the cluster was not started"))?;
+            Ok(Arc::new(
+                RedisStore::connect(redis_options(cluster.urls(), true)).await?,
+            ))
+        }
     }
 }
 
@@ -167,7 +205,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let failed = runtime.block_on(run(cases));
+    let failed = runtime.block_on(async {
+        let mut servers = Servers::default();
+        if cases.iter().any(|c| c.backend == Backend::Redis) {
+            match RedisServer::start().await {
+                Ok(s) => servers.redis = Some(Arc::new(s)),
+                Err(e) => {
+                    eprintln!("cannot start redis-server: {e:#}");
+                    return usize::MAX;
+                }
+            }
+        }
+        if cases.iter().any(|c| c.backend == Backend::Cluster) {
+            match RedisCluster::start().await {
+                Ok(c) => servers.cluster = Some(Arc::new(c)),
+                Err(e) => {
+                    eprintln!("cannot start the Redis cluster: {e:#}");
+                    return usize::MAX;
+                }
+            }
+        }
+        let failed = run(cases, servers.clone()).await;
+        drop(servers);
+        failed
+    });
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -176,7 +237,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs the cases and returns how many failed.
-async fn run(cases: Vec<Case>) -> usize {
+async fn run(cases: Vec<Case>, servers: Servers) -> usize {
     let started = Instant::now();
     println!("\nrunning {} conformance cases", cases.len());
 
@@ -185,11 +246,12 @@ async fn run(cases: Vec<Case>) -> usize {
     for case in cases {
         let permits = Arc::clone(&permits);
         let name = case.name();
+        let servers = servers.clone();
         let handle = tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let began = Instant::now();
             let outcome = tokio::time::timeout(CASE_TIMEOUT, async {
-                let store = open_store(case.backend, case.check.feed_limit).await?;
+                let store = open_store(case.backend, case.check.feed_limit, &servers).await?;
                 (case.check.run)(store).await
             })
             .await

@@ -655,7 +655,7 @@ pub async fn assignment_snapshot_consistent_under_writes(store: Store) -> Result
     Ok(())
 }
 
-/// Memory only: the Redis feed keeps 200 000 changes, too many to trim in a test.
+/// Every store here was built with a change-feed limit of 5.
 pub async fn assignment_reset_when_feed_trimmed(store: Store) -> Result<()> {
     // The store under test was built with a feed limit of 5.
     let a = store.create_shard(1000).await?.id;
