@@ -1,4 +1,5 @@
 //! The binary's command line and runtime basics, exercised as a real process.
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
 
 use std::io::Write;
 use std::process::{Command, Stdio};

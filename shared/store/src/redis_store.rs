@@ -151,6 +151,9 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A stream entry as XRANGE returns it: id and fields.
+type RawEntry = (String, HashMap<String, Vec<u8>>);
+
 /// A connection used for one blocking wait at a time.
 enum BlockingConn {
     Single(MultiplexedConnection),
@@ -170,7 +173,7 @@ enum Clients {
     Single(redis::Client),
     /// The normal client and one without a response timeout for blocking waits.
     Cluster {
-        blocking: ClusterClient,
+        blocking: Box<ClusterClient>,
     },
 }
 
@@ -248,18 +251,37 @@ impl std::fmt::Debug for RedisStore {
 
 /// A Redis error turned into a store error; `key` names what the call touched.
 fn store_err(e: RedisError, key: &str) -> StoreError {
-    let code = e.code().unwrap_or_default().to_string();
+    // A pipeline reports the first failing command's server error.
+    let (code, detail) = match e.code() {
+        Some(code) => (code.to_string(), e.detail().unwrap_or_default().to_string()),
+        None => e
+            .clone()
+            .into_server_errors()
+            .and_then(|errs| {
+                errs.first().map(|(_, se)| {
+                    (
+                        se.code().to_string(),
+                        se.details().unwrap_or_default().to_string(),
+                    )
+                })
+            })
+            .unwrap_or_default(),
+    };
     match code.as_str() {
         "WRONGTYPE" => {
             return StoreError::WrongType {
                 key: key.to_string(),
-                detail: e.detail().unwrap_or("wrong type").to_string(),
+                detail: if detail.is_empty() {
+                    "wrong type".to_string()
+                } else {
+                    detail
+                },
             }
         }
         "TB_CORRUPT" => {
             return StoreError::Corrupt {
                 key: key.to_string(),
-                detail: e.detail().unwrap_or_default().to_string(),
+                detail,
             }
         }
         "NOAUTH" | "WRONGPASS" | "NOPERM" => return StoreError::Backend(e.to_string()),
@@ -419,7 +441,12 @@ impl RedisStore {
                 .get_async_connection()
                 .await
                 .map_err(|e| store_err(e, "cluster"))?;
-            (Conn::Cluster(conn), Clients::Cluster { blocking })
+            (
+                Conn::Cluster(conn),
+                Clients::Cluster {
+                    blocking: Box::new(blocking),
+                },
+            )
         } else {
             if infos.len() > 1 {
                 return Err(StoreError::Invalid(
@@ -681,7 +708,7 @@ impl RedisStore {
                 .arg(id.as_str())
                 .arg(id.as_str());
         }
-        let answers: Vec<Vec<(String, HashMap<String, Vec<u8>>)>> = pipe
+        let answers: Vec<Vec<RawEntry>> = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(|e| store_err(e, &key))?;
@@ -712,7 +739,7 @@ impl RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let entries: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+        let entries: Vec<RawEntry> = redis::cmd("XRANGE")
             .arg(&key)
             .arg(start)
             .arg("+")
