@@ -210,6 +210,38 @@ pub struct WorkerConfig {
     /// How often the worker reports itself alive.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Most stream entries handled as one batch.
+    pub batch_size: usize,
+    /// How long a batch that is not full waits for more entries before it is delivered.
+    #[serde(with = "humantime_serde")]
+    pub flush_window: Duration,
+    /// Most values in one `UpdatePropertyValues` call.
+    pub max_values_per_call: usize,
+    /// Platform requests in flight at once (whole worker).
+    pub platform_concurrency: usize,
+    /// Platform requests per second (whole worker, token bucket); 0 = unlimited.
+    pub rate_limit: u32,
+    /// First retry delay of a retryable platform error (doubles, with jitter).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Consecutive failed platform calls that open the circuit (consumption pauses).
+    pub breaker_threshold: u32,
+    /// How long the open circuit waits before it lets a probe call through.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// The payload field that carries the device's timestamp (epoch ms or RFC 3339).
+    pub timestamp_field: String,
+    /// How long a Thing's property model is cached before it is read again.
+    #[serde(with = "humantime_serde")]
+    pub model_cache_ttl: Duration,
+    /// On stop, how long in-flight batches may take before they are left to the next owner.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The properties presence events set.
+    pub presence: PresenceProperties,
 }
 
 impl Default for WorkerConfig {
@@ -220,6 +252,41 @@ impl Default for WorkerConfig {
             max_shards: 16,
             lease_ttl: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(2),
+            batch_size: 500,
+            flush_window: Duration::from_millis(50),
+            max_values_per_call: 500,
+            platform_concurrency: 64,
+            rate_limit: 0,
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            timestamp_field: "timestamp".into(),
+            model_cache_ttl: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            presence: PresenceProperties::default(),
+        }
+    }
+}
+
+/// The Thing properties a presence (connect/disconnect) event sets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceProperties {
+    /// BOOLEAN: true while connected.
+    pub connected: String,
+    /// DATETIME: when the connection state last changed.
+    pub last_change: String,
+    /// STRING: why the device disconnected (set on disconnects that carry a reason).
+    pub disconnect_reason: String,
+}
+
+impl Default for PresenceProperties {
+    fn default() -> Self {
+        PresenceProperties {
+            connected: "awsConnected".into(),
+            last_change: "awsLastConnectionChange".into(),
+            disconnect_reason: "awsDisconnectReason".into(),
         }
     }
 }

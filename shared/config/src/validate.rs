@@ -181,6 +181,45 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
             ),
         ));
     }
+    for (key, n) in [
+        ("worker.batch_size", c.worker.batch_size),
+        ("worker.max_values_per_call", c.worker.max_values_per_call),
+        ("worker.platform_concurrency", c.worker.platform_concurrency),
+        (
+            "worker.breaker_threshold",
+            c.worker.breaker_threshold as usize,
+        ),
+    ] {
+        if n == 0 {
+            p.push(Problem::new(key, "must be at least 1"));
+        }
+    }
+    positive(&mut p, "worker.retry_initial", c.worker.retry_initial);
+    positive(&mut p, "worker.breaker_cooldown", c.worker.breaker_cooldown);
+    if c.worker.retry_max < c.worker.retry_initial {
+        p.push(Problem::new(
+            "worker.retry_max",
+            format!(
+                "must be at least worker.retry_initial ({:?})",
+                c.worker.retry_initial
+            ),
+        ));
+    }
+    for (key, name) in [
+        ("worker.presence.connected", &c.worker.presence.connected),
+        (
+            "worker.presence.last_change",
+            &c.worker.presence.last_change,
+        ),
+        (
+            "worker.presence.disconnect_reason",
+            &c.worker.presence.disconnect_reason,
+        ),
+    ] {
+        if name.trim().is_empty() {
+            p.push(Problem::new(key, "must name a property"));
+        }
+    }
     if let Some(id) = &c.worker.id {
         if id.is_empty() || id.contains(char::is_whitespace) {
             p.push(Problem::new(

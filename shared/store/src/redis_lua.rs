@@ -70,7 +70,8 @@ return 1
 }
 
 /// KEYS: lease, stream. ARGV: owner, token, count.
-/// Returns {'E', id, deliveries, fields, ...} or {'W', last_id} when nothing is undelivered.
+/// Returns {'E', {{id, fields}, ...}} (first deliveries) or {'W', last_id} when nothing is
+/// undelivered.
 pub fn stream_read() -> String {
     with_prelude(
         r#"
@@ -82,13 +83,7 @@ if type(res) == 'table' and res.err then
   res = redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', ARGV[3], 'STREAMS', KEYS[2], '>')
 end
 if res and res[1] and #res[1][2] > 0 then
-  local out = {'E'}
-  for _, e in ipairs(res[1][2]) do
-    table.insert(out, e[1])
-    table.insert(out, 1)
-    table.insert(out, e[2] or {})
-  end
-  return out
+  return {'E', res[1][2]}
 end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if last[1] then return {'W', last[1][1]} end
@@ -127,20 +122,42 @@ pub fn stream_ack() -> String {
     with_prelude(
         r#"
 if not fenced(KEYS[1], ARGV[1], ARGV[2]) then return redis.error_reply('TB_LEASE_LOST the lease is no longer current') end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local n = 0
-for i = 3, #ARGV do
-  local r = redis.pcall('XACK', KEYS[2], 'workers', ARGV[i])
-  if type(r) == 'table' and r.err then
-    if string.sub(r.err, 1, 7) == 'NOGROUP' then return 0 end
-    return r
-  end
-  if r == 1 then
-    redis.call('XDEL', KEYS[2], ARGV[i])
-    n = n + 1
+if redis.call('EXISTS', KEYS[2]) == 0 or #ARGV < 3 then return 0 end
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+local r = redis.pcall('XACK', KEYS[2], 'workers', unpack(ids))
+if type(r) == 'table' and r.err then
+  if string.sub(r.err, 1, 7) == 'NOGROUP' then return 0 end
+  return r
+end
+if r == #ids then
+  -- The common case: every id was pending, so every id is deleted.
+  redis.call('XDEL', KEYS[2], unpack(ids))
+  return r
+end
+-- Some ids were not pending (acked before, or never delivered). Delete the ones acked now:
+-- delivered (at or before the group's last-delivered id) and no longer pending. Ids never
+-- delivered stay; ids acked earlier were deleted then.
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+  local f = {}
+  for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+  if f['name'] == 'workers' then last = f['last-delivered-id'] end
+end
+local function parts(x)
+  local a, b = string.match(x, '^(%d+)-(%d+)$')
+  return tonumber(a), tonumber(b)
+end
+local la, lb = parts(last or '0-0')
+for _, id in ipairs(ids) do
+  local ia, ib = parts(id)
+  if ia and (ia < la or (ia == la and ib <= lb)) then
+    if #redis.call('XPENDING', KEYS[2], 'workers', id, id, 1) == 0 then
+      redis.call('XDEL', KEYS[2], id)
+    end
   end
 end
-return n
+return r
 "#,
     )
 }

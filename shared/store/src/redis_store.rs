@@ -363,6 +363,28 @@ fn decode_fields(fields: &Value) -> Result<Envelope, DecodeError> {
     Envelope::decode(v, h, p)
 }
 
+/// Parses the `[[id, fields], ...]` of entries delivered for the first time.
+fn parse_new_entries(items: Option<&Value>, key: &str) -> StoreResult<Vec<StreamEntry>> {
+    let Some(Value::Array(entries)) = items else {
+        return Err(corrupt(key, "stream reply of unexpected shape"));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(pair) = entry else {
+            return Err(corrupt(key, "stream entry of unexpected shape"));
+        };
+        let (Some(id), fields) = (pair.first().and_then(as_string), pair.get(1)) else {
+            return Err(corrupt(key, "stream entry id is not a string"));
+        };
+        out.push(StreamEntry {
+            id: EntryId(id),
+            deliveries: 1,
+            envelope: decode_fields(fields.unwrap_or(&Value::Nil)),
+        });
+    }
+    Ok(out)
+}
+
 /// Parses `[id, deliveries, fields, ...]` triples.
 fn parse_entries(items: &[Value], key: &str) -> StoreResult<Vec<StreamEntry>> {
     let mut out = Vec::with_capacity(items.len() / 3);
@@ -1246,7 +1268,7 @@ impl FleetStore for RedisStore {
                 .map_err(|e| Self::fenced_err(lease, &stream, e))?;
             let items = as_array(value).ok_or_else(|| corrupt(&stream, "unexpected reply"))?;
             match items.first().and_then(as_string).as_deref() {
-                Some("E") => return parse_entries(&items[1..], &stream),
+                Some("E") => return parse_new_entries(items.get(1), &stream),
                 Some("W") => {
                     let after = items
                         .get(1)
@@ -1274,7 +1296,7 @@ impl FleetStore for RedisStore {
                         let items =
                             as_array(value).ok_or_else(|| corrupt(&stream, "unexpected reply"))?;
                         return match items.first().and_then(as_string).as_deref() {
-                            Some("E") => parse_entries(&items[1..], &stream),
+                            Some("E") => parse_new_entries(items.get(1), &stream),
                             _ => Ok(Vec::new()),
                         };
                     }
@@ -1321,14 +1343,33 @@ impl FleetStore for RedisStore {
         let shard = shard_of(lease)?;
         let lease_key = self.lease_key(&lease.key);
         let stream = self.stream_key(shard);
-        let mut inv = self.inner.scripts.ack.key(&lease_key);
-        inv.key(&stream).arg(&lease.owner).arg(lease.token.0);
-        for id in ids.iter().filter(|id| id.parts().is_some()) {
-            inv.arg(id.as_str());
+        let valid: Vec<&str> = ids
+            .iter()
+            .filter(|id| id.parts().is_some())
+            .map(|id| id.as_str())
+            .collect();
+        if valid.is_empty() {
+            // Still check the fence: a stale owner learns it has lost the lease.
+            return match self.current_lease(&lease.key).await? {
+                Some(l) if l.owner == lease.owner && l.token == lease.token => Ok(0),
+                _ => Err(Self::lease_lost(lease)),
+            };
         }
-        inv.invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| Self::fenced_err(lease, &stream, e))
+        let mut acked = 0;
+        // Bounded script arguments (Lua's unpack has a stack limit).
+        for chunk in valid.chunks(1000) {
+            let mut inv = self.inner.scripts.ack.key(&lease_key);
+            inv.key(&stream).arg(&lease.owner).arg(lease.token.0);
+            for id in chunk {
+                inv.arg(*id);
+            }
+            let n: u64 = inv
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| Self::fenced_err(lease, &stream, e))?;
+            acked += n;
+        }
+        Ok(acked)
     }
 
     async fn stream_stats(&self, shard: ShardId) -> StoreResult<StreamStats> {

@@ -980,12 +980,16 @@ pub async fn streams_ack_removes_entries(store: Store) -> Result<()> {
     let shard = store.create_shard(10).await?.id;
     let lease = shard_lease(&store, shard, "w1", LONG_TTL).await?;
     let envs: Vec<_> = (0..5).map(|i| envelope("t", i)).collect();
-    store.append(shard, &envs).await?;
+    let appended = store.append(shard, &envs).await?;
     let read = store.read(&lease, 3, Duration::ZERO).await?;
     ensure!(read.len() == 3, "read three");
 
+    // An id never delivered, mixed in, is neither acked nor deleted.
     let acked = store
-        .ack(&lease, &[read[0].id.clone(), read[2].id.clone()])
+        .ack(
+            &lease,
+            &[read[0].id.clone(), appended[3].clone(), read[2].id.clone()],
+        )
         .await?;
     ensure!(acked == 2, "acked {acked}");
     let stats = store.stream_stats(shard).await?;
