@@ -1,19 +1,35 @@
 //! The worker: owns shards through fenced leases and delivers their streams to ThingWorx and to
 //! AWS IoT shadows.
 //!
-//! This crate currently provides the worker's runtime: health/readiness/metrics endpoints, the
-//! store connection (retried until reachable), the heartbeat that tells the fleet it is alive, and
-//! a graceful stop that removes it from the fleet. Shard consumption lands with issue 6.
+//! - [`manager`]: takes shard leases (fenced) up to a fair share, renews them, stops a shard the
+//!   moment its lease is lost, releases everything on a graceful stop.
+//! - [`consumer`]: per shard, takes over what a dead owner left pending, then reads new entries in
+//!   order, maps them to typed property values, delivers them per Thing in batches, dead-letters
+//!   what can never succeed, and acknowledges only after that.
+//! - [`mapping`]: telemetry and presence → property values (pure, unit-tested).
+//! - [`flow`]: rate limit, circuit breaker, backoff.
 #![forbid(unsafe_code)]
 
+pub mod consumer;
+pub mod flow;
+pub mod manager;
+pub mod mapping;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use twinbridge_config::Config;
 use twinbridge_core::{time::now_ms, WorkerId, WorkerInfo};
+use twinbridge_platform::{AppKey, PlatformClient, PlatformConfig, PlatformError, TlsOptions};
 use twinbridge_store::{open_with_retry, FleetStore, StoreError, StoreOptions};
 use twinbridge_telemetry::{spawn_http, Health};
+
+use crate::consumer::{ModelCache, PlatformSink, Settings, Shared};
+use crate::flow::{Breaker, RateLimiter};
+use crate::manager::ShardManager;
+use crate::mapping::{MappingSettings, PresenceNames};
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +41,49 @@ pub enum WorkerError {
     },
     #[error("worker: store: {0}")]
     Store(#[from] StoreError),
+    #[error("worker: {0}")]
+    Platform(#[from] PlatformError),
+    #[error("worker: {key}: {problem}")]
+    Config { key: &'static str, problem: String },
+}
+
+/// The platform client the `[platform]` section describes.
+pub fn platform_client(config: &Config) -> Result<PlatformClient, WorkerError> {
+    let p = &config.platform;
+    let key = p.app_key.as_ref().ok_or(WorkerError::Config {
+        key: "platform.app_key",
+        problem: "the worker needs an application key (platform.app_key or platform.app_key_file)"
+            .into(),
+    })?;
+    let mut pc = PlatformConfig::new(p.url.clone(), AppKey::new(key.expose()));
+    pc.timeout = p.timeout;
+    pc.extra_headers = p.headers.clone();
+    pc.tls = TlsOptions {
+        ca_file: p.ca_file.clone(),
+        accept_invalid_certs: p.accept_invalid_certs,
+    };
+    Ok(PlatformClient::new(pc)?)
+}
+
+/// The delivery settings the `[worker]` section describes.
+pub fn settings(config: &Config) -> Settings {
+    let w = &config.worker;
+    Settings {
+        batch_size: w.batch_size,
+        flush_window: w.flush_window,
+        max_values_per_call: w.max_values_per_call,
+        retry_initial: w.retry_initial,
+        retry_max: w.retry_max,
+        model_cache_ttl: w.model_cache_ttl,
+        mapping: MappingSettings {
+            timestamp_field: w.timestamp_field.clone(),
+        },
+        presence: PresenceNames {
+            connected: w.presence.connected.clone(),
+            last_change: w.presence.last_change.clone(),
+            disconnect_reason: w.presence.disconnect_reason.clone(),
+        },
+    }
 }
 
 /// A worker id unique across the fleet and across restarts of the same host.
@@ -42,10 +101,21 @@ fn hostname() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-/// Runs a worker until `shutdown` fires.
+/// Runs a worker against the platform the configuration names until `shutdown` fires.
 pub async fn run(
     config: Config,
     store: StoreOptions,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let platform = Arc::new(platform_client(&config)?);
+    run_with(config, store, platform, shutdown).await
+}
+
+/// Runs a worker that delivers to `platform` until `shutdown` fires.
+pub async fn run_with(
+    config: Config,
+    store: StoreOptions,
+    platform: Arc<dyn PlatformSink>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let cfg = &config.worker;
@@ -55,13 +125,16 @@ pub async fn run(
         .map(WorkerId)
         .unwrap_or_else(generate_worker_id);
     let span = tracing::info_span!("worker", worker = %id);
-    run_as(id, config, store, shutdown).instrument(span).await
+    run_as(id, config, store, platform, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run_as(
     id: WorkerId,
     config: Config,
     store: StoreOptions,
+    platform: Arc<dyn PlatformSink>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let cfg = &config.worker;
@@ -80,6 +153,26 @@ async fn run_as(
     };
     health.ready("store");
 
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        platform,
+        settings: settings(&config),
+        breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown),
+        limiter: RateLimiter::new(cfg.rate_limit),
+        permits: tokio::sync::Semaphore::new(cfg.platform_concurrency),
+        models: ModelCache::default(),
+    });
+    let (manager, shards) = ShardManager::new(
+        shared,
+        id.0.clone(),
+        usize::try_from(cfg.max_shards).unwrap_or(usize::MAX),
+        cfg.lease_ttl,
+        cfg.shutdown_grace,
+    );
+    // The heartbeat must outlive the manager's graceful stop, so it has its own token.
+    let heartbeat_stop = CancellationToken::new();
+    let manager = tokio::spawn(manager.run(shutdown.clone()));
+
     let mut info = WorkerInfo {
         id: id.clone(),
         host: hostname(),
@@ -91,15 +184,19 @@ async fn run_as(
         draining: false,
         version: twinbridge_telemetry::VERSION.to_string(),
     };
-    heartbeat_loop(
-        &*store,
-        &mut info,
-        cfg.heartbeat_interval,
-        cfg.lease_ttl,
-        &health,
-        &shutdown,
-    )
-    .await;
+    let heartbeat = {
+        let store = store.clone();
+        let health = health.clone();
+        let stop = heartbeat_stop.clone();
+        let interval = cfg.heartbeat_interval;
+        let ttl = cfg.lease_ttl;
+        tokio::spawn(async move {
+            heartbeat_loop(&*store, &mut info, shards, interval, ttl, &health, &stop).await
+        })
+    };
+    let _ = manager.await;
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
 
     if let Err(e) = store.remove_worker(&id).await {
         tracing::warn!(error = %e, "could not remove worker from the fleet on stop");
@@ -112,6 +209,7 @@ async fn run_as(
 async fn heartbeat_loop(
     store: &dyn FleetStore,
     info: &mut WorkerInfo,
+    shards: tokio::sync::watch::Receiver<Vec<twinbridge_core::ShardId>>,
     interval: Duration,
     ttl: Duration,
     health: &Health,
@@ -125,6 +223,7 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
         }
         info.last_heartbeat_ms = now_ms();
+        info.shards = shards.borrow().clone();
         match store.heartbeat(info, ttl).await {
             Ok(()) => {
                 health.ready("store");

@@ -1,0 +1,626 @@
+//! One owned shard: take over what a previous owner left pending, then consume new entries in
+//! order, deliver them to the platform in per-Thing batches, dead-letter what can never succeed,
+//! and acknowledge a batch only once every entry in it is delivered or dead-lettered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use twinbridge_core::time::now_ms;
+use twinbridge_core::{
+    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source, SourceKind,
+    Thing,
+};
+use twinbridge_platform::{PlatformClient, PlatformError, Vtq};
+use twinbridge_store::{FleetStore, Lease, StoreError, StoreResult, StreamEntry};
+
+use crate::flow::{Backoff, Breaker, RateLimiter};
+use crate::mapping::{self, MappingSettings, PresenceNames};
+
+/// Where values go: the ThingWorx REST API (or anything that speaks it).
+#[async_trait]
+pub trait PlatformSink: Send + Sync + 'static {
+    async fn write(&self, thing: &str, values: &[Vtq]) -> Result<(), PlatformError>;
+}
+
+#[async_trait]
+impl PlatformSink for PlatformClient {
+    async fn write(&self, thing: &str, values: &[Vtq]) -> Result<(), PlatformError> {
+        self.update_property_values(thing, values).await
+    }
+}
+
+/// Delivery settings (from `[worker]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_size: usize,
+    pub flush_window: Duration,
+    pub max_values_per_call: usize,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub model_cache_ttl: Duration,
+    pub mapping: MappingSettings,
+    pub presence: PresenceNames,
+}
+
+/// What every shard consumer of a worker shares.
+pub struct Shared {
+    pub store: Arc<dyn FleetStore>,
+    pub platform: Arc<dyn PlatformSink>,
+    pub settings: Settings,
+    pub breaker: Breaker,
+    pub limiter: Option<RateLimiter>,
+    pub permits: Semaphore,
+    pub models: ModelCache,
+}
+
+/// Thing records (with their property models) cached for `ttl`.
+#[derive(Default)]
+pub struct ModelCache {
+    entries: Mutex<HashMap<String, (Thing, Instant)>>,
+}
+
+impl ModelCache {
+    /// The records of `names` (absent when the store does not know the Thing).
+    async fn get(
+        &self,
+        store: &dyn FleetStore,
+        names: &[String],
+        ttl: Duration,
+    ) -> StoreResult<HashMap<String, Thing>> {
+        let now = Instant::now();
+        let mut out = HashMap::with_capacity(names.len());
+        let mut missing = Vec::new();
+        {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for name in names {
+                match entries.get(name) {
+                    Some((thing, at)) if now.duration_since(*at) < ttl => {
+                        out.insert(name.clone(), thing.clone());
+                    }
+                    _ => missing.push(name.clone()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let fetched = store.get_things(&missing).await?;
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, thing) in missing.into_iter().zip(fetched) {
+                match thing {
+                    Some(thing) => {
+                        entries.insert(name.clone(), (thing.clone(), now));
+                        out.insert(name, thing);
+                    }
+                    None => {
+                        entries.remove(&name);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Why a consumer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop; everything read was delivered and acknowledged.
+    Stopped,
+    /// The lease is gone (or the stop grace ran out): in-flight entries were left unacknowledged
+    /// for the next owner.
+    Abandoned,
+}
+
+/// The values of one stream entry for one Thing.
+struct Item {
+    entry: usize,
+    values: Vec<Vtq>,
+}
+
+/// Everything one batch holds for one Thing, in stream order.
+struct ThingWork {
+    thing: String,
+    items: Vec<Item>,
+}
+
+/// A platform call that cannot succeed.
+struct Fatal(PlatformError);
+
+/// The consumer of one shard.
+pub struct Consumer {
+    shared: Arc<Shared>,
+    lease: Lease,
+    shard: ShardId,
+    /// Stop reading; finish and ack what is in flight.
+    stop: CancellationToken,
+    /// Stop at once; ack nothing more.
+    lost: CancellationToken,
+    /// The newest presence event applied per Thing (see `mapping::presence_order`).
+    presence: HashMap<String, (u64, u8, u64)>,
+}
+
+impl Consumer {
+    pub fn new(
+        shared: Arc<Shared>,
+        lease: Lease,
+        shard: ShardId,
+        stop: CancellationToken,
+        lost: CancellationToken,
+    ) -> Self {
+        Consumer {
+            shared,
+            lease,
+            shard,
+            stop,
+            lost,
+            presence: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self) -> Exit {
+        let span = tracing::info_span!("shard", shard = %self.shard, token = self.lease.token.0);
+        async move {
+            tracing::info!("consuming shard");
+            let exit = self.consume().await;
+            tracing::info!(?exit, "shard consumer stopped");
+            exit
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn consume(&mut self) -> Exit {
+        let batch = self.shared.settings.batch_size;
+        // 1. What a previous owner (or this worker before a restart) left pending, oldest first.
+        loop {
+            if self.stop.is_cancelled() || self.lost.is_cancelled() {
+                return self.exit();
+            }
+            let lease = self.lease.clone();
+            let store = self.shared.store.clone();
+            let claimed = match self
+                .store_call("claim pending entries", || {
+                    let lease = lease.clone();
+                    let store = store.clone();
+                    async move { store.claim_pending(&lease, Duration::ZERO, batch).await }
+                })
+                .await
+            {
+                Some(c) => c,
+                None => return Exit::Abandoned,
+            };
+            if claimed.is_empty() {
+                break;
+            }
+            metrics::counter!("twinbridge_worker_claimed_total").increment(claimed.len() as u64);
+            tracing::info!(entries = claimed.len(), "took over pending entries");
+            if !self.process(claimed).await {
+                return Exit::Abandoned;
+            }
+        }
+        // 2. New entries.
+        loop {
+            if self.stop.is_cancelled() || self.lost.is_cancelled() {
+                return self.exit();
+            }
+            let Some(mut entries) = self.read(batch, Duration::from_millis(500)).await else {
+                return Exit::Abandoned;
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            let window_end = Instant::now() + self.shared.settings.flush_window;
+            while entries.len() < batch && !self.shared.settings.flush_window.is_zero() {
+                let left = window_end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let Some(more) = self.read(batch - entries.len(), left).await else {
+                    return Exit::Abandoned;
+                };
+                if more.is_empty() {
+                    break;
+                }
+                entries.extend(more);
+            }
+            if !self.process(entries).await {
+                return Exit::Abandoned;
+            }
+        }
+    }
+
+    fn exit(&self) -> Exit {
+        if self.lost.is_cancelled() {
+            Exit::Abandoned
+        } else {
+            Exit::Stopped
+        }
+    }
+
+    async fn read(&self, count: usize, block: Duration) -> Option<Vec<StreamEntry>> {
+        let lease = self.lease.clone();
+        let store = self.shared.store.clone();
+        self.store_call("read", || {
+            let lease = lease.clone();
+            let store = store.clone();
+            async move { store.read(&lease, count, block).await }
+        })
+        .await
+    }
+
+    /// Runs a store call, retrying while the store is unavailable. `None` when the lease is lost
+    /// (the caller must stop) or the consumer is told to stop at once.
+    async fn store_call<T, F, Fut>(&self, what: &str, mut call: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            if self.lost.is_cancelled() {
+                return None;
+            }
+            match call().await {
+                Ok(v) => return Some(v),
+                Err(StoreError::LeaseLost { .. }) => {
+                    tracing::warn!(what, "lease lost: stopping this shard at once");
+                    metrics::counter!("twinbridge_worker_leases_lost_total").increment(1);
+                    self.lost.cancel();
+                    return None;
+                }
+                Err(e) => {
+                    let delay = backoff.next(None);
+                    tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "store call failed");
+                    metrics::counter!("twinbridge_worker_store_errors_total").increment(1);
+                    tokio::select! {
+                        _ = self.lost.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn letter(&self, envelope: Envelope, code: &str, detail: String, attempts: u32) -> DeadLetter {
+        metrics::counter!("twinbridge_worker_dead_letters_total", "reason" => code.to_string())
+            .increment(1);
+        tracing::warn!(thing = %envelope.thing, reason = code, %detail, "dead-lettering a message");
+        let now = now_ms();
+        DeadLetter {
+            envelope,
+            reason: DeadLetterReason::new(code, detail),
+            attempts,
+            first_failure_ms: now,
+            last_failure_ms: now,
+            shard: Some(self.shard),
+        }
+    }
+
+    /// Handles one batch; false when the consumer must stop without acknowledging.
+    async fn process(&mut self, entries: Vec<StreamEntry>) -> bool {
+        let started = Instant::now();
+        let span = tracing::debug_span!("batch", entries = entries.len());
+        let ok = self.process_inner(&entries).instrument(span).await;
+        metrics::histogram!("twinbridge_worker_batch_seconds").record(started.elapsed());
+        ok
+    }
+
+    async fn process_inner(&mut self, entries: &[StreamEntry]) -> bool {
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter_map(|e| e.envelope.as_ref().ok())
+            .filter(|e| e.kind != MessageKind::Control)
+            .map(|e| e.thing.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        let store = self.shared.store.clone();
+        let ttl = self.shared.settings.model_cache_ttl;
+        let shared = self.shared.clone();
+        let Some(models) = self
+            .store_call("read Thing models", || {
+                let store = store.clone();
+                let names = names.clone();
+                let shared = shared.clone();
+                async move { shared.models.get(&*store, &names, ttl).await }
+            })
+            .await
+        else {
+            return false;
+        };
+
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut work: Vec<ThingWork> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let settings = self.shared.settings.clone();
+        for (i, entry) in entries.iter().enumerate() {
+            let envelope = match &entry.envelope {
+                Ok(env) => env,
+                Err(e) => {
+                    let placeholder = Envelope {
+                        kind: MessageKind::Control,
+                        thing: String::new(),
+                        source: Source {
+                            kind: SourceKind::Fleet,
+                            name: format!("shard-{}", self.shard),
+                            position: entry.id.to_string(),
+                        },
+                        received_at_ms: entry.id.parts().map_or(0, |p| p.0),
+                        topic: None,
+                        trace: None,
+                        payload: Payload::default(),
+                    };
+                    dead.push(self.letter(
+                        placeholder,
+                        "undecodable_entry",
+                        format!("stream entry {}: {e}", entry.id),
+                        0,
+                    ));
+                    continue;
+                }
+            };
+            metrics::counter!("twinbridge_worker_entries_total", "kind" => envelope.kind.as_str())
+                .increment(1);
+            if envelope.kind == MessageKind::Control {
+                continue;
+            }
+            let Some(thing) = models.get(&envelope.thing) else {
+                dead.push(self.letter(
+                    envelope.clone(),
+                    "unknown_thing",
+                    format!("Thing `{}` is not in the fleet registry", envelope.thing),
+                    0,
+                ));
+                continue;
+            };
+            let values = match envelope.kind {
+                MessageKind::Telemetry => {
+                    match mapping::telemetry(envelope, &thing.model, &settings.mapping) {
+                        Ok(m) => {
+                            if !m.skipped.is_empty() {
+                                metrics::counter!("twinbridge_worker_keys_skipped_total")
+                                    .increment(m.skipped.len() as u64);
+                                tracing::debug!(thing = %envelope.thing, keys = ?m.skipped, "payload keys not modelled");
+                            }
+                            for e in &m.rejected {
+                                metrics::counter!("twinbridge_worker_values_rejected_total")
+                                    .increment(1);
+                                tracing::warn!(thing = %envelope.thing, error = %e, "value not delivered");
+                            }
+                            if m.bad_timestamp {
+                                metrics::counter!("twinbridge_worker_bad_timestamps_total")
+                                    .increment(1);
+                            }
+                            m.values
+                        }
+                        Err(r) => {
+                            dead.push(self.letter(envelope.clone(), r.code, r.detail, 0));
+                            continue;
+                        }
+                    }
+                }
+                MessageKind::Presence => match mapping::parse_presence(envelope) {
+                    Ok(event) => {
+                        let key = mapping::presence_order(&event);
+                        if self
+                            .presence
+                            .get(&envelope.thing)
+                            .is_some_and(|last| key <= *last)
+                        {
+                            metrics::counter!("twinbridge_worker_presence_stale_total")
+                                .increment(1);
+                            tracing::debug!(thing = %envelope.thing, "stale presence event dropped");
+                            continue;
+                        }
+                        self.presence.insert(envelope.thing.clone(), key);
+                        mapping::presence_values(&event, &settings.presence)
+                    }
+                    Err(r) => {
+                        dead.push(self.letter(envelope.clone(), r.code, r.detail, 0));
+                        continue;
+                    }
+                },
+                MessageKind::PropertyChange => {
+                    dead.push(
+                        self.letter(
+                            envelope.clone(),
+                            "no_device_writer",
+                            "writing property changes back to AWS IoT shadows is not available in \
+                         this build; replay this letter once it is"
+                                .into(),
+                            0,
+                        ),
+                    );
+                    continue;
+                }
+                MessageKind::Control => continue,
+            };
+            if values.is_empty() {
+                continue;
+            }
+            let slot = *index.entry(envelope.thing.clone()).or_insert_with(|| {
+                work.push(ThingWork {
+                    thing: envelope.thing.clone(),
+                    items: Vec::new(),
+                });
+                work.len() - 1
+            });
+            work[slot].items.push(Item { entry: i, values });
+        }
+
+        // Things are independent: deliver them concurrently, each in its own order.
+        let results =
+            futures::future::join_all(work.iter().map(|w| self.deliver_thing(w, entries))).await;
+        for result in results {
+            match result {
+                Some(mut letters) => dead.append(&mut letters),
+                None => return false,
+            }
+        }
+
+        if !dead.is_empty() {
+            let store = self.shared.store.clone();
+            let letters = Arc::new(dead);
+            if self
+                .store_call("dead-letter", || {
+                    let store = store.clone();
+                    let letters = letters.clone();
+                    async move { store.dead_letter(&letters).await }
+                })
+                .await
+                .is_none()
+            {
+                return false;
+            }
+        }
+        let ids: Arc<Vec<_>> = Arc::new(entries.iter().map(|e| e.id.clone()).collect());
+        let lease = self.lease.clone();
+        let acked = self
+            .store_call("ack", || {
+                let store = store.clone();
+                let lease = lease.clone();
+                let ids = ids.clone();
+                async move { store.ack(&lease, &ids).await }
+            })
+            .await;
+        match acked {
+            Some(n) => {
+                metrics::counter!("twinbridge_worker_acked_total").increment(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers one Thing's values; returns the dead letters of entries that can never succeed,
+    /// or `None` when the consumer must stop.
+    async fn deliver_thing(
+        &self,
+        work: &ThingWork,
+        entries: &[StreamEntry],
+    ) -> Option<Vec<DeadLetter>> {
+        let max = self.shared.settings.max_values_per_call.max(1);
+        let mut dead = Vec::new();
+        // Chunks on entry boundaries, so a rejected chunk can be narrowed down to its entries.
+        let mut start = 0;
+        while start < work.items.len() {
+            let mut end = start;
+            let mut count = 0;
+            while end < work.items.len()
+                && (count == 0 || count + work.items[end].values.len() <= max)
+            {
+                count += work.items[end].values.len();
+                end += 1;
+            }
+            let chunk = &work.items[start..end];
+            let values: Vec<Vtq> = chunk.iter().flat_map(|i| i.values.clone()).collect();
+            match self.write(&work.thing, &values).await? {
+                Ok(()) => {}
+                Err(Fatal(e))
+                    if chunk.len() == 1 || matches!(e, PlatformError::NotFound { .. }) =>
+                {
+                    // One entry, or the Thing is gone: every entry of the chunk fails alike.
+                    for item in chunk {
+                        dead.extend(self.reject(item, entries, &e));
+                    }
+                }
+                Err(Fatal(_)) => {
+                    // Narrow down: one call per entry, dead-letter only those refused.
+                    for item in chunk {
+                        if let Err(Fatal(e)) = self.write(&work.thing, &item.values).await? {
+                            dead.extend(self.reject(item, entries, &e));
+                        }
+                    }
+                }
+            }
+            start = end;
+        }
+        Some(dead)
+    }
+
+    fn reject(
+        &self,
+        item: &Item,
+        entries: &[StreamEntry],
+        e: &PlatformError,
+    ) -> Option<DeadLetter> {
+        let entry = entries.get(item.entry)?;
+        let envelope = entry.envelope.as_ref().ok()?.clone();
+        let code = match e {
+            PlatformError::NotFound { .. } => "platform_not_found",
+            _ => "platform_rejected",
+        };
+        let attempts = u32::try_from(entry.deliveries).unwrap_or(u32::MAX);
+        Some(self.letter(envelope, code, e.to_string(), attempts))
+    }
+
+    /// One platform write with flow control and retries. `Some(Ok)` delivered, `Some(Err)` can
+    /// never succeed, `None` the consumer must stop.
+    async fn write(&self, thing: &str, values: &[Vtq]) -> Option<Result<(), Fatal>> {
+        let s = &self.shared;
+        let mut backoff = Backoff::new(s.settings.retry_initial, s.settings.retry_max);
+        loop {
+            if self.lost.is_cancelled() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.lost.cancelled() => return None,
+                _ = s.breaker.wait_closed() => {}
+            }
+            if let Some(limiter) = &s.limiter {
+                tokio::select! {
+                    _ = self.lost.cancelled() => return None,
+                    _ = limiter.acquire() => {}
+                }
+            }
+            let result = {
+                let _permit = tokio::select! {
+                    _ = self.lost.cancelled() => return None,
+                    p = s.permits.acquire() => p.ok(),
+                };
+                s.platform.write(thing, values).await
+            };
+            match result {
+                Ok(()) => {
+                    s.breaker.on_success();
+                    metrics::counter!("twinbridge_worker_platform_calls_total", "outcome" => "ok")
+                        .increment(1);
+                    metrics::counter!("twinbridge_worker_values_written_total")
+                        .increment(values.len() as u64);
+                    return Some(Ok(()));
+                }
+                Err(e @ (PlatformError::BadRequest { .. } | PlatformError::NotFound { .. })) => {
+                    // The platform is up and answered: this request can never succeed.
+                    s.breaker.on_success();
+                    metrics::counter!("twinbridge_worker_platform_calls_total", "outcome" => "rejected")
+                        .increment(1);
+                    return Some(Err(Fatal(e)));
+                }
+                Err(e) => {
+                    // Retryable, or a platform-wide problem (auth, an unexpected answer) that an
+                    // operator must fix: keep the entries and retry, pausing the shard.
+                    let opened = s.breaker.on_failure();
+                    let delay = backoff.next(e.retry_after());
+                    metrics::counter!("twinbridge_worker_platform_calls_total", "outcome" => "retry")
+                        .increment(1);
+                    if opened {
+                        tracing::error!(error = %e, "platform failing: circuit open, consumption paused");
+                    } else if e.is_retryable() {
+                        tracing::warn!(thing, error = %e, retry_in_ms = delay.as_millis() as u64, "platform write failed, retrying");
+                    } else {
+                        tracing::error!(thing, class = e.class(), error = %e, retry_in_ms = delay.as_millis() as u64, "platform refuses the worker: fix the configuration; entries are kept");
+                    }
+                    tokio::select! {
+                        _ = self.lost.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The worker against a real Redis and the platform simulator: typed delivery, per-Thing order,
+//! presence ordering, dead letters for what can never succeed, a platform outage, lease takeover
+//! and graceful stop.
+#![allow(clippy::unwrap_used)] // test helpers fail the test on any error
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use twinbridge_config::{Config, Secret};
+use twinbridge_core::time::now_ms;
+use twinbridge_core::{
+    BaseType, Envelope, MessageKind, Payload, PropertyModel, ShardId, Source, SourceKind, Thing,
+};
+use twinbridge_platform_sim::state::{PropertySeed, Seed, ThingSeed};
+use twinbridge_platform_sim::{Faults, RunningSim, SimOptions};
+use twinbridge_store::redis_store::{RedisStore, RedisStoreOptions};
+use twinbridge_store::{FleetStore, LeaseKey, StoreOptions};
+use twinbridge_test_support::{free_port, unique_prefix, RedisServer};
+
+const BOUND: &str = "AWSConnectorBound";
+
+struct Fleet {
+    _redis: RedisServer,
+    store_options: StoreOptions,
+    store: Arc<dyn FleetStore>,
+    sim: RunningSim,
+    shard: ShardId,
+}
+
+fn all_types() -> Vec<(&'static str, BaseType)> {
+    vec![
+        ("temp", BaseType::Number),
+        ("count", BaseType::Integer),
+        ("energy", BaseType::Long),
+        ("state", BaseType::String),
+        ("running", BaseType::Boolean),
+        ("seen", BaseType::Datetime),
+        ("where", BaseType::Location),
+        ("diag", BaseType::Json),
+        ("awsConnected", BaseType::Boolean),
+        ("awsLastConnectionChange", BaseType::Datetime),
+        ("awsDisconnectReason", BaseType::String),
+    ]
+}
+
+/// Redis, the simulator with `things` Things of every type, one shard holding them all.
+async fn fleet(things: &[&str]) -> Fleet {
+    let redis = RedisServer::start().await.unwrap();
+    let options = RedisStoreOptions {
+        urls: vec![redis.url()],
+        prefix: unique_prefix("worker"),
+        ..RedisStoreOptions::default()
+    };
+    let store: Arc<dyn FleetStore> = Arc::new(RedisStore::connect(options.clone()).await.unwrap());
+    let sim = twinbridge_platform_sim::spawn(SimOptions::for_tests())
+        .await
+        .unwrap();
+    let seed = Seed {
+        templates: vec![],
+        things: things
+            .iter()
+            .map(|name| ThingSeed {
+                name: name.to_string(),
+                template: "GenericThing".into(),
+                description: String::new(),
+                tags: vec![],
+                properties: all_types()
+                    .into_iter()
+                    .map(|(n, t)| PropertySeed::new(n, t, BOUND))
+                    .collect(),
+                values: Default::default(),
+            })
+            .collect(),
+    };
+    sim.sim.seed(&seed).unwrap();
+    let shard = store.create_shard(1000).await.unwrap().id;
+    let mut model = PropertyModel::default();
+    for (n, t) in all_types() {
+        model.insert(n, t, BOUND);
+    }
+    let records: Vec<Thing> = things
+        .iter()
+        .map(|name| Thing {
+            name: name.to_string(),
+            shard,
+            model: model.clone(),
+            model_version: 1,
+            template: None,
+        })
+        .collect();
+    store.put_things(&records).await.unwrap();
+    Fleet {
+        _redis: redis,
+        store_options: StoreOptions::Redis(options),
+        store,
+        sim,
+        shard,
+    }
+}
+
+fn config(f: &Fleet) -> Config {
+    let mut c = Config::default();
+    c.platform.url = f.sim.url();
+    c.platform.app_key = Some(Secret::new(f.sim.app_key()));
+    c.platform.timeout = Duration::from_secs(2);
+    c.worker.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.worker.lease_ttl = Duration::from_secs(2);
+    c.worker.heartbeat_interval = Duration::from_millis(500);
+    c.worker.retry_initial = Duration::from_millis(50);
+    c.worker.retry_max = Duration::from_millis(500);
+    c.worker.breaker_cooldown = Duration::from_millis(500);
+    c.worker.flush_window = Duration::from_millis(10);
+    c
+}
+
+struct RunningWorker {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), twinbridge_worker::WorkerError>>,
+}
+
+impl RunningWorker {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("worker did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn start(f: &Fleet, id: &str) -> RunningWorker {
+    let mut c = config(f);
+    c.worker.id = Some(id.to_string());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(twinbridge_worker::run(
+        c,
+        f.store_options.clone(),
+        shutdown.clone(),
+    ));
+    RunningWorker { shutdown, task }
+}
+
+fn envelope(thing: &str, kind: MessageKind, seq: u64, payload: Value) -> Envelope {
+    Envelope {
+        kind,
+        thing: thing.to_string(),
+        source: Source {
+            kind: SourceKind::Mqtt,
+            name: "test".into(),
+            position: seq.to_string(),
+        },
+        received_at_ms: now_ms(),
+        topic: None,
+        trace: None,
+        payload: Payload::from(payload.to_string().into_bytes()),
+    }
+}
+
+fn raw(thing: &str, bytes: &[u8]) -> Envelope {
+    let mut e = envelope(thing, MessageKind::Telemetry, 0, json!({}));
+    e.payload = Payload::from(bytes.to_vec());
+    e
+}
+
+async fn drained(f: &Fleet) -> bool {
+    f.store.stream_stats(f.shard).await.unwrap().length == 0
+}
+
+async fn wait_drained(f: &Fleet, within: Duration) {
+    let start = Instant::now();
+    while !drained(f).await {
+        assert!(
+            start.elapsed() < within,
+            "stream not drained: {:?}",
+            f.store.stream_stats(f.shard).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn current(f: &Fleet, thing: &str, property: &str) -> Option<Value> {
+    f.sim.sim.current(thing, property).map(|c| c.value)
+}
+
+#[tokio::test]
+async fn delivers_every_base_type_with_device_time() {
+    let f = fleet(&["pump-1"]).await;
+    let worker = start(&f, "w-types");
+    let payload = json!({
+        "temp": "21.5", "count": 7, "energy": 9_007_199_254_740_991i64, "state": "running",
+        "running": 1, "seen": "2023-11-14T22:13:20Z", "where": "47.5,8.25",
+        "diag": {"fw": "1.2"}, "unmodelled": 3, "timestamp": 1_700_000_000_123i64
+    });
+    f.store
+        .append(
+            f.shard,
+            &[envelope("pump-1", MessageKind::Telemetry, 1, payload)],
+        )
+        .await
+        .unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "pump-1", "temp"), Some(json!(21.5)));
+    assert_eq!(current(&f, "pump-1", "count"), Some(json!(7)));
+    assert_eq!(
+        current(&f, "pump-1", "energy"),
+        Some(json!(9_007_199_254_740_991i64))
+    );
+    assert_eq!(current(&f, "pump-1", "state"), Some(json!("running")));
+    assert_eq!(current(&f, "pump-1", "running"), Some(json!(true)));
+    assert_eq!(
+        current(&f, "pump-1", "seen"),
+        Some(json!(1_700_000_000_000i64))
+    );
+    assert_eq!(
+        current(&f, "pump-1", "where"),
+        Some(json!({"latitude": 47.5, "longitude": 8.25}))
+    );
+    assert_eq!(current(&f, "pump-1", "diag"), Some(json!({"fw": "1.2"})));
+    let t = f.sim.sim.current("pump-1", "temp").unwrap();
+    assert_eq!(t.time, 1_700_000_000_123, "device time kept");
+    assert_eq!(t.quality, "GOOD");
+    assert_eq!(f.store.dead_letter_count().await.unwrap(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn keeps_per_thing_order_across_batches() {
+    let things = ["a", "b", "c"];
+    let f = fleet(&things).await;
+    let worker = start(&f, "w-order");
+    let mut seq = 0;
+    for round in 0..5 {
+        let mut batch = Vec::new();
+        for i in 0..100u64 {
+            for t in things {
+                seq += 1;
+                batch.push(envelope(
+                    t,
+                    MessageKind::Telemetry,
+                    seq,
+                    json!({"count": round * 100 + i, "timestamp": 1_700_000_000_000u64 + round * 100 + i}),
+                ));
+            }
+        }
+        f.store.append(f.shard, &batch).await.unwrap();
+    }
+    wait_drained(&f, Duration::from_secs(30)).await;
+    for t in things {
+        let history = f.sim.sim.history(t, "count").unwrap();
+        let values: Vec<i64> = history
+            .iter()
+            .filter(|r| r.source == "UpdatePropertyValues")
+            .map(|r| r.value.as_i64().unwrap())
+            .collect();
+        assert_eq!(values, (0..500).collect::<Vec<i64>>(), "order of {t}");
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn stale_presence_events_do_not_overwrite_newer_state() {
+    let f = fleet(&["dev-1"]).await;
+    let worker = start(&f, "w-presence");
+    let ev = |t: &str, v: u64, ts: u64, extra: Value| {
+        let mut p =
+            json!({"clientId": "dev-1", "eventType": t, "timestamp": ts, "versionNumber": v});
+        if let (Some(o), Value::Object(e)) = (p.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        p
+    };
+    let events = vec![
+        ev("connected", 1, 1_000, json!({})),
+        ev(
+            "disconnected",
+            2,
+            3_000,
+            json!({"disconnectReason": "MQTT_KEEP_ALIVE_TIMEOUT"}),
+        ),
+        // Late: the connect of connection 2 arrives after its disconnect.
+        ev("connected", 2, 2_000, json!({})),
+        // Late duplicate of the first connect.
+        ev("connected", 1, 1_000, json!({})),
+    ];
+    let envs: Vec<_> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| envelope("dev-1", MessageKind::Presence, i as u64, p))
+        .collect();
+    f.store.append(f.shard, &envs).await.unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "dev-1", "awsConnected"), Some(json!(false)));
+    assert_eq!(
+        current(&f, "dev-1", "awsLastConnectionChange"),
+        Some(json!(3_000))
+    );
+    assert_eq!(
+        current(&f, "dev-1", "awsDisconnectReason"),
+        Some(json!("MQTT_KEEP_ALIVE_TIMEOUT"))
+    );
+    let writes = f.sim.sim.history("dev-1", "awsConnected").unwrap();
+    let applied: Vec<_> = writes
+        .iter()
+        .filter(|r| r.source == "UpdatePropertyValues")
+        .map(|r| r.value.clone())
+        .collect();
+    assert_eq!(
+        applied,
+        vec![json!(true), json!(false)],
+        "stale events are never sent"
+    );
+
+    // A new connection later wins.
+    f.store
+        .append(
+            f.shard,
+            &[envelope(
+                "dev-1",
+                MessageKind::Presence,
+                9,
+                ev("connected", 3, 4_000, json!({})),
+            )],
+        )
+        .await
+        .unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "dev-1", "awsConnected"), Some(json!(true)));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn what_can_never_succeed_is_dead_lettered_and_the_rest_delivered() {
+    let f = fleet(&["good", "typed"]).await;
+    // The registry says `state` is a NUMBER on `typed`, the platform says STRING... and the other
+    // way round for `temp`: the platform refuses the value with 400.
+    let mut model = PropertyModel::default();
+    model.insert("temp", BaseType::String, BOUND);
+    model.insert("count", BaseType::Integer, BOUND);
+    f.store
+        .put_things(&[Thing {
+            name: "typed".into(),
+            shard: f.shard,
+            model,
+            model_version: 2,
+            template: None,
+        }])
+        .await
+        .unwrap();
+    let worker = start(&f, "w-dlq");
+    let envs = vec![
+        envelope("good", MessageKind::Telemetry, 1, json!({"count": 1})),
+        raw("good", b"{not json"),
+        raw("good", b"[1, 2, 3]"),
+        envelope("ghost", MessageKind::Telemetry, 4, json!({"count": 1})),
+        envelope(
+            "typed",
+            MessageKind::Telemetry,
+            5,
+            json!({"temp": "very hot"}),
+        ),
+        envelope("typed", MessageKind::Telemetry, 6, json!({"count": 6})),
+        envelope("good", MessageKind::Presence, 7, json!({"eventType": 1})),
+        envelope(
+            "good",
+            MessageKind::PropertyChange,
+            8,
+            json!({"thing": "good", "property": "setpoint", "value": 1, "time": 1}),
+        ),
+        envelope("good", MessageKind::Telemetry, 9, json!({"count": 9})),
+    ];
+    f.store.append(f.shard, &envs).await.unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "good", "count"), Some(json!(9)));
+    assert_eq!(current(&f, "typed", "count"), Some(json!(6)));
+    let letters = f.store.list_dead_letters(None, 100).await.unwrap();
+    let mut reasons: Vec<(String, String)> = letters
+        .iter()
+        .map(|(_, l)| (l.envelope.source.position.clone(), l.reason.code.clone()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("0".to_string(), "invalid_json".to_string()),
+            ("0".to_string(), "not_an_object".to_string()),
+            ("4".to_string(), "unknown_thing".to_string()),
+            ("5".to_string(), "platform_rejected".to_string()),
+            ("7".to_string(), "invalid_presence_event".to_string()),
+            ("8".to_string(), "no_device_writer".to_string()),
+        ]
+    );
+    let rejected = letters
+        .iter()
+        .find(|(_, l)| l.reason.code == "platform_rejected")
+        .unwrap();
+    assert!(rejected.1.reason.detail.contains("400"), "{:?}", rejected.1);
+    assert_eq!(
+        rejected.1.envelope.payload.as_bytes(),
+        br#"{"temp":"very hot"}"#,
+        "raw bytes kept"
+    );
+    assert_eq!(rejected.1.shard, Some(f.shard));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_platform_outage_pauses_delivery_and_loses_nothing() {
+    let f = fleet(&["p"]).await;
+    let worker = start(&f, "w-outage");
+    f.sim.sim.set_faults(Faults {
+        outage_ms: 2_500,
+        retry_after_secs: Some(1),
+        ..Faults::default()
+    });
+    let envs: Vec<_> = (0..300u64)
+        .map(|i| {
+            envelope(
+                "p",
+                MessageKind::Telemetry,
+                i,
+                json!({"count": i, "timestamp": 1_700_000_000_000u64 + i}),
+            )
+        })
+        .collect();
+    f.store.append(f.shard, &envs).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        f.store.stream_stats(f.shard).await.unwrap().length > 0,
+        "nothing can be acked while the platform is down"
+    );
+    wait_drained(&f, Duration::from_secs(30)).await;
+    let values: Vec<i64> = f
+        .sim
+        .sim
+        .history("p", "count")
+        .unwrap()
+        .iter()
+        .filter(|r| r.source == "UpdatePropertyValues")
+        .map(|r| r.value.as_i64().unwrap())
+        .collect();
+    assert_eq!(values, (0..300).collect::<Vec<i64>>());
+    assert_eq!(f.store.dead_letter_count().await.unwrap(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_worker_takes_over_a_dead_owners_pending_entries() {
+    let f = fleet(&["x"]).await;
+    // A "dead" worker took entries and never acked them (its lease then expired).
+    let dead = f
+        .store
+        .acquire_lease(
+            &LeaseKey::Shard(f.shard),
+            "dead-worker",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    let envs: Vec<_> = (0..10u64)
+        .map(|i| {
+            envelope(
+                "x",
+                MessageKind::Telemetry,
+                i,
+                json!({"count": i, "timestamp": 1_700_000_000_000u64 + i}),
+            )
+        })
+        .collect();
+    f.store.append(f.shard, &envs).await.unwrap();
+    let taken = f.store.read(&dead, 4, Duration::ZERO).await.unwrap();
+    assert_eq!(taken.len(), 4);
+
+    let worker = start(&f, "w-takeover");
+    wait_drained(&f, Duration::from_secs(15)).await;
+    let values: Vec<i64> = f
+        .sim
+        .sim
+        .history("x", "count")
+        .unwrap()
+        .iter()
+        .filter(|r| r.source == "UpdatePropertyValues")
+        .map(|r| r.value.as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        (0..10).collect::<Vec<i64>>(),
+        "pending first, in order"
+    );
+    // The dead owner's late ack is refused.
+    let err = f
+        .store
+        .ack(&dead, &[taken[0].id.clone()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, twinbridge_store::StoreError::LeaseLost { .. }),
+        "{err:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_stop_releases_leases_and_two_workers_share_shards() {
+    let f = fleet(&["s"]).await;
+    for _ in 0..3 {
+        f.store.create_shard(10).await.unwrap();
+    }
+    let a = start(&f, "w-a");
+    let store = f.store.clone();
+    let mut owned = 0;
+    let start_at = Instant::now();
+    while owned < 4 {
+        assert!(
+            start_at.elapsed() < Duration::from_secs(15),
+            "w-a took {owned} shards"
+        );
+        owned = store
+            .list_shards()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.owner.as_ref().is_some_and(|o| o.0 == "w-a"))
+            .count();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = start(&f, "w-b");
+    // w-b's arrival makes w-a hand shards over until both own two.
+    let start_at = Instant::now();
+    loop {
+        let shards = store.list_shards().await.unwrap();
+        let count = |id: &str| {
+            shards
+                .iter()
+                .filter(|s| s.owner.as_ref().is_some_and(|o| o.0 == id))
+                .count()
+        };
+        if count("w-a") == 2 && count("w-b") == 2 {
+            break;
+        }
+        assert!(
+            start_at.elapsed() < Duration::from_secs(20),
+            "not balanced: {shards:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Graceful stop: leases released at once, w-b takes everything well within the ttl.
+    a.stop().await;
+    let stopped = Instant::now();
+    loop {
+        let shards = store.list_shards().await.unwrap();
+        if shards
+            .iter()
+            .all(|s| s.owner.as_ref().is_some_and(|o| o.0 == "w-b"))
+        {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "w-b did not take over: {shards:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "hand-over took {:?}",
+        stopped.elapsed()
+    );
+    b.stop().await;
+    let shards = store.list_shards().await.unwrap();
+    assert!(shards.iter().all(|s| s.owner.is_none()), "{shards:?}");
+}
