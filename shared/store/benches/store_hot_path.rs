@@ -1,7 +1,8 @@
 //! The Redis store's hot path: append batches of 100 envelopes to shard streams, read them through
 //! the consumer group, ack them. One iteration moves `SHARDS` × 100 envelopes, the shards running
 //! concurrently as a worker's shard loops do. Runs against a redis-server started on a free
-//! loopback port (from `twinbridge-test-support`); compare with `scripts/bench-store`, which also
+//! loopback port (from `twinbridge-test-support`). The client runs on one tokio thread so Redis keeps
+//! the other core of a 2-core machine. `scripts/bench-store` runs it and also
 //! prints `redis-benchmark -P 64` XADD for the same machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark aborts on any failure
 
@@ -50,7 +51,7 @@ async fn cycle(store: &RedisStore, lease: &Lease, envelopes: &[Envelope], shard:
 
 fn hot_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
