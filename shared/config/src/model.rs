@@ -252,7 +252,7 @@ impl Default for WorkerConfig {
             max_shards: 16,
             lease_ttl: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(2),
-            batch_size: 500,
+            batch_size: 100,
             flush_window: Duration::from_millis(50),
             max_values_per_call: 500,
             platform_concurrency: 64,
