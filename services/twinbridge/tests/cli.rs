@@ -124,6 +124,7 @@ async fn worker_waits_for_redis_then_stops_on_sigterm() {
         .args(["--redis", &format!("redis://127.0.0.1:{redis_port}")])
         .env("TWINBRIDGE_STORE__CONNECT_TIMEOUT", "500ms")
         .env("TWINBRIDGE_STORE__PREFIX", "cli-test")
+        .env("TWINBRIDGE_PLATFORM__APP_KEY", "cli-test-key")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -182,4 +183,18 @@ async fn worker_waits_for_redis_then_stops_on_sigterm() {
         .unwrap();
     assert!(stderr.contains("store unavailable, retrying"), "{stderr}");
     assert!(stderr.contains("store connected"), "{stderr}");
+}
+
+/// A worker without a platform application key refuses to start and names the key.
+#[tokio::test]
+async fn worker_without_an_app_key_names_the_missing_key() {
+    let out = tokio::process::Command::new(BIN)
+        .args(["worker", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("TWINBRIDGE_PLATFORM__APP_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("platform.app_key"), "{stderr}");
 }

@@ -11,12 +11,14 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use twinbridge_aws::{ShadowError, ShadowWriter};
 use twinbridge_core::time::now_ms;
+use twinbridge_core::PropertyChange;
 use twinbridge_core::{
     DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source, SourceKind,
     Thing,
 };
-use twinbridge_platform::{PlatformClient, PlatformError, Vtq};
+use twinbridge_platform::{coerce, PlatformClient, PlatformError, PropertyValue, Vtq};
 use twinbridge_store::{FleetStore, Lease, StoreError, StoreResult, StreamEntry};
 
 use crate::flow::{Backoff, Breaker, RateLimiter};
@@ -35,6 +37,61 @@ impl PlatformSink for PlatformClient {
     }
 }
 
+/// Where property changes go: the device's shadow (or anything that takes desired state).
+#[async_trait]
+pub trait DeviceSink: Send + Sync + 'static {
+    async fn update_desired(
+        &self,
+        thing: &str,
+        desired: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ShadowError>;
+}
+
+#[async_trait]
+impl DeviceSink for ShadowWriter {
+    async fn update_desired(
+        &self,
+        thing: &str,
+        desired: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ShadowError> {
+        ShadowWriter::update_desired(self, thing, desired).await
+    }
+}
+
+/// Values of writable properties the worker itself wrote from telemetry, so that the change
+/// events they cause in ThingWorx are not sent back to the device.
+#[derive(Default)]
+pub struct EchoGuard {
+    entries: Mutex<HashMap<(String, String), (PropertyValue, Instant)>>,
+}
+
+impl EchoGuard {
+    fn record(&self, thing: &str, property: &str, value: &PropertyValue, window: Duration) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= 100_000 {
+            let now = Instant::now();
+            entries.retain(|_, (_, at)| now.duration_since(*at) < window);
+        }
+        entries.insert(
+            (thing.to_string(), property.to_string()),
+            (value.clone(), Instant::now()),
+        );
+    }
+
+    fn is_echo(
+        &self,
+        thing: &str,
+        property: &str,
+        value: &PropertyValue,
+        window: Duration,
+    ) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&(thing.to_string(), property.to_string()))
+            .is_some_and(|(v, at)| v == value && at.elapsed() < window)
+    }
+}
+
 /// Delivery settings (from `[worker]`).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -46,12 +103,18 @@ pub struct Settings {
     pub model_cache_ttl: Duration,
     pub mapping: MappingSettings,
     pub presence: PresenceNames,
+    /// Only properties of this category are written to devices.
+    pub writable_category: String,
+    pub echo_window: Duration,
 }
 
 /// What every shard consumer of a worker shares.
 pub struct Shared {
     pub store: Arc<dyn FleetStore>,
     pub platform: Arc<dyn PlatformSink>,
+    /// `None` when no device writer is configured: property changes are dead-lettered.
+    pub devices: Option<Arc<dyn DeviceSink>>,
+    pub echo: EchoGuard,
     pub settings: Settings,
     pub breaker: Breaker,
     pub limiter: Option<RateLimiter>,
@@ -122,10 +185,18 @@ struct Item {
     values: Vec<Vtq>,
 }
 
+/// A property change of one stream entry, bound for the device.
+struct Change {
+    entry: usize,
+    property: String,
+    value: PropertyValue,
+}
+
 /// Everything one batch holds for one Thing, in stream order.
 struct ThingWork {
     thing: String,
     items: Vec<Item>,
+    changes: Vec<Change>,
 }
 
 /// A platform call that cannot succeed.
@@ -396,6 +467,20 @@ impl Consumer {
                                 metrics::counter!("twinbridge_worker_bad_timestamps_total")
                                     .increment(1);
                             }
+                            for v in &m.values {
+                                if thing
+                                    .model
+                                    .get(&v.name)
+                                    .is_some_and(|d| d.category == settings.writable_category)
+                                {
+                                    self.shared.echo.record(
+                                        &envelope.thing,
+                                        &v.name,
+                                        &v.value,
+                                        settings.echo_window,
+                                    );
+                                }
+                            }
                             m.values
                         }
                         Err(r) => {
@@ -426,16 +511,75 @@ impl Consumer {
                     }
                 },
                 MessageKind::PropertyChange => {
-                    dead.push(
-                        self.letter(
+                    if self.shared.devices.is_none() {
+                        dead.push(self.letter(
                             envelope.clone(),
                             "no_device_writer",
-                            "writing property changes back to AWS IoT shadows is not available in \
-                         this build; replay this letter once it is"
+                            "property changes need a device writer: enable [worker.shadow], then \
+                             replay this letter"
                                 .into(),
                             0,
-                        ),
-                    );
+                        ));
+                        continue;
+                    }
+                    let change: PropertyChange =
+                        match serde_json::from_slice(envelope.payload.as_bytes()) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                dead.push(self.letter(
+                                    envelope.clone(),
+                                    "invalid_property_change",
+                                    format!("not a property change: {e}"),
+                                    0,
+                                ));
+                                continue;
+                            }
+                        };
+                    let Some(def) = thing
+                        .model
+                        .get(&change.property)
+                        .filter(|d| d.category == settings.writable_category)
+                    else {
+                        metrics::counter!("twinbridge_worker_changes_not_writable_total")
+                            .increment(1);
+                        tracing::debug!(thing = %envelope.thing, property = %change.property, "change of a property that is not writable: not sent to the device");
+                        continue;
+                    };
+                    let value = match coerce(&def.base_type, &change.property, &change.value) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            dead.push(self.letter(
+                                envelope.clone(),
+                                "invalid_property_change",
+                                e.to_string(),
+                                0,
+                            ));
+                            continue;
+                        }
+                    };
+                    if self.shared.echo.is_echo(
+                        &envelope.thing,
+                        &change.property,
+                        &value,
+                        settings.echo_window,
+                    ) {
+                        metrics::counter!("twinbridge_worker_echoes_suppressed_total").increment(1);
+                        tracing::debug!(thing = %envelope.thing, property = %change.property, "echo of a value written from telemetry: not sent back");
+                        continue;
+                    }
+                    let slot = *index.entry(envelope.thing.clone()).or_insert_with(|| {
+                        work.push(ThingWork {
+                            thing: envelope.thing.clone(),
+                            items: Vec::new(),
+                            changes: Vec::new(),
+                        });
+                        work.len() - 1
+                    });
+                    work[slot].changes.push(Change {
+                        entry: i,
+                        property: change.property,
+                        value,
+                    });
                     continue;
                 }
                 MessageKind::Control => continue,
@@ -447,6 +591,7 @@ impl Consumer {
                 work.push(ThingWork {
                     thing: envelope.thing.clone(),
                     items: Vec::new(),
+                    changes: Vec::new(),
                 });
                 work.len() - 1
             });
@@ -540,7 +685,66 @@ impl Consumer {
             }
             start = end;
         }
+        if !work.changes.is_empty() {
+            // One desired-state update per Thing and batch; a later change of a property wins.
+            let mut desired = serde_json::Map::new();
+            for c in &work.changes {
+                desired.insert(c.property.clone(), c.value.to_json());
+            }
+            if let Err(e) = self.write_shadow(&work.thing, &desired).await? {
+                for c in &work.changes {
+                    if let Some(envelope) =
+                        entries.get(c.entry).and_then(|e| e.envelope.as_ref().ok())
+                    {
+                        dead.push(self.letter(envelope.clone(), e.class(), e.to_string(), 1));
+                    }
+                }
+            }
+        }
         Some(dead)
+    }
+
+    /// One shadow update with retries. `Some(Err)` can never succeed, `None` stop.
+    async fn write_shadow(
+        &self,
+        thing: &str,
+        desired: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Result<(), ShadowError>> {
+        let devices = self.shared.devices.as_ref()?;
+        let s = &self.shared.settings;
+        let mut backoff = Backoff::new(s.retry_initial, s.retry_max);
+        loop {
+            if self.lost.is_cancelled() {
+                return None;
+            }
+            match devices.update_desired(thing, desired).await {
+                Ok(()) => {
+                    metrics::counter!("twinbridge_worker_shadow_updates_total", "outcome" => "ok")
+                        .increment(1);
+                    return Some(Ok(()));
+                }
+                Err(e)
+                    if matches!(
+                        e,
+                        ShadowError::NotFound { .. } | ShadowError::Rejected { .. }
+                    ) =>
+                {
+                    metrics::counter!("twinbridge_worker_shadow_updates_total", "outcome" => "rejected")
+                        .increment(1);
+                    return Some(Err(e));
+                }
+                Err(e) => {
+                    let delay = backoff.next(None);
+                    metrics::counter!("twinbridge_worker_shadow_updates_total", "outcome" => "retry")
+                        .increment(1);
+                    tracing::warn!(thing, error = %e, retry_in_ms = delay.as_millis() as u64, "shadow update failed, retrying");
+                    tokio::select! {
+                        _ = self.lost.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
     }
 
     fn reject(

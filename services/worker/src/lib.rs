@@ -26,10 +26,11 @@ use twinbridge_platform::{AppKey, PlatformClient, PlatformConfig, PlatformError,
 use twinbridge_store::{open_with_retry, FleetStore, StoreError, StoreOptions};
 use twinbridge_telemetry::{spawn_http, Health};
 
-use crate::consumer::{ModelCache, PlatformSink, Settings, Shared};
+use crate::consumer::{DeviceSink, EchoGuard, ModelCache, PlatformSink, Settings, Shared};
 use crate::flow::{Breaker, RateLimiter};
 use crate::manager::ShardManager;
 use crate::mapping::{MappingSettings, PresenceNames};
+use twinbridge_aws::{ShadowConfig, ShadowWriter};
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +84,27 @@ pub fn settings(config: &Config) -> Settings {
             last_change: w.presence.last_change.clone(),
             disconnect_reason: w.presence.disconnect_reason.clone(),
         },
+        writable_category: w.shadow.writable_category.clone(),
+        echo_window: w.shadow.echo_window,
     }
+}
+
+/// The shadow writer `[worker.shadow]` describes, when enabled.
+pub async fn device_sink(config: &Config) -> Option<Arc<dyn DeviceSink>> {
+    let s = &config.worker.shadow;
+    if !s.enabled {
+        return None;
+    }
+    let writer = ShadowWriter::new(&ShadowConfig {
+        region: s.region.clone(),
+        endpoint: s.endpoint.clone(),
+        shadow_name: s.shadow_name.clone(),
+        access_key_id: s.access_key_id.clone(),
+        secret_access_key: s.secret_access_key.as_ref().map(|k| k.expose().to_string()),
+        timeout: s.timeout,
+    })
+    .await;
+    Some(Arc::new(writer))
 }
 
 /// A worker id unique across the fleet and across restarts of the same host.
@@ -153,9 +174,17 @@ async fn run_as(
     };
     health.ready("store");
 
+    let devices = device_sink(&config).await;
+    if devices.is_none() {
+        tracing::info!(
+            "no device writer ([worker.shadow] enabled = false): property changes are dead-lettered"
+        );
+    }
     let shared = Arc::new(Shared {
         store: store.clone(),
         platform,
+        devices,
+        echo: EchoGuard::default(),
         settings: settings(&config),
         breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown),
         limiter: RateLimiter::new(cfg.rate_limit),

@@ -17,9 +17,10 @@ use twinbridge_platform_sim::state::{PropertySeed, Seed, ThingSeed};
 use twinbridge_platform_sim::{Faults, RunningSim, SimOptions};
 use twinbridge_store::redis_store::{RedisStore, RedisStoreOptions};
 use twinbridge_store::{FleetStore, LeaseKey, StoreOptions};
-use twinbridge_test_support::{free_port, unique_prefix, RedisServer};
+use twinbridge_test_support::{free_port, unique_prefix, MotoServer, RedisServer};
 
 const BOUND: &str = "AWSConnectorBound";
+const WRITABLE: &str = "AWSConnectorWritable";
 
 struct Fleet {
     _redis: RedisServer,
@@ -29,19 +30,21 @@ struct Fleet {
     shard: ShardId,
 }
 
-fn all_types() -> Vec<(&'static str, BaseType)> {
+fn all_types() -> Vec<(&'static str, BaseType, &'static str)> {
     vec![
-        ("temp", BaseType::Number),
-        ("count", BaseType::Integer),
-        ("energy", BaseType::Long),
-        ("state", BaseType::String),
-        ("running", BaseType::Boolean),
-        ("seen", BaseType::Datetime),
-        ("where", BaseType::Location),
-        ("diag", BaseType::Json),
-        ("awsConnected", BaseType::Boolean),
-        ("awsLastConnectionChange", BaseType::Datetime),
-        ("awsDisconnectReason", BaseType::String),
+        ("temp", BaseType::Number, BOUND),
+        ("count", BaseType::Integer, BOUND),
+        ("energy", BaseType::Long, BOUND),
+        ("state", BaseType::String, BOUND),
+        ("running", BaseType::Boolean, BOUND),
+        ("seen", BaseType::Datetime, BOUND),
+        ("where", BaseType::Location, BOUND),
+        ("diag", BaseType::Json, BOUND),
+        ("awsConnected", BaseType::Boolean, BOUND),
+        ("awsLastConnectionChange", BaseType::Datetime, BOUND),
+        ("awsDisconnectReason", BaseType::String, BOUND),
+        ("setpoint", BaseType::Number, WRITABLE),
+        ("mode", BaseType::String, WRITABLE),
     ]
 }
 
@@ -68,7 +71,7 @@ async fn fleet(things: &[&str]) -> Fleet {
                 tags: vec![],
                 properties: all_types()
                     .into_iter()
-                    .map(|(n, t)| PropertySeed::new(n, t, BOUND))
+                    .map(|(n, t, c)| PropertySeed::new(n, t, c))
                     .collect(),
                 values: Default::default(),
             })
@@ -77,8 +80,8 @@ async fn fleet(things: &[&str]) -> Fleet {
     sim.sim.seed(&seed).unwrap();
     let shard = store.create_shard(1000).await.unwrap().id;
     let mut model = PropertyModel::default();
-    for (n, t) in all_types() {
-        model.insert(n, t, BOUND);
+    for (n, t, c) in all_types() {
+        model.insert(n, t, c);
     }
     let records: Vec<Thing> = things
         .iter()
@@ -132,7 +135,10 @@ impl RunningWorker {
 }
 
 fn start(f: &Fleet, id: &str) -> RunningWorker {
-    let mut c = config(f);
+    start_with(config(f), f, id)
+}
+
+fn start_with(mut c: Config, f: &Fleet, id: &str) -> RunningWorker {
     c.worker.id = Some(id.to_string());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(twinbridge_worker::run(
@@ -571,4 +577,135 @@ async fn graceful_stop_releases_leases_and_two_workers_share_shards() {
     b.stop().await;
     let shards = store.list_shards().await.unwrap();
     assert!(shards.iter().all(|s| s.owner.is_none()), "{shards:?}");
+}
+
+// ------------------------------------------------------------------ property changes → shadows
+
+fn change(thing: &str, seq: u64, property: &str, value: Value) -> Envelope {
+    envelope(
+        thing,
+        MessageKind::PropertyChange,
+        seq,
+        json!({"thing": thing, "property": property, "value": value, "time": 1_700_000_000_000u64 + seq}),
+    )
+}
+
+fn shadow_config(f: &Fleet, moto: &MotoServer, shadow_name: Option<&str>) -> Config {
+    let mut c = config(f);
+    c.worker.shadow.enabled = true;
+    c.worker.shadow.endpoint = Some(moto.endpoint());
+    c.worker.shadow.access_key_id = Some("test".into());
+    c.worker.shadow.secret_access_key = Some(Secret::new("test"));
+    c.worker.shadow.shadow_name = shadow_name.map(str::to_string);
+    c
+}
+
+async fn desired(moto: &MotoServer, thing: &str, shadow_name: Option<&str>) -> Option<Value> {
+    let path = match shadow_name {
+        Some(n) => format!("/things/{thing}/shadow?name={n}"),
+        None => format!("/things/{thing}/shadow"),
+    };
+    let (status, body) = moto.call("iotdata", "GET", &path, "").await.unwrap();
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    doc["state"].get("desired").cloned()
+}
+
+#[tokio::test]
+async fn property_changes_reach_the_classic_shadow_typed_merged_and_without_echoes() {
+    let f = fleet(&["pump-1", "not-in-aws"]).await;
+    let moto = MotoServer::start().await.unwrap();
+    let (status, body) = moto
+        .call("iot", "POST", "/things/pump-1", "{}")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let worker = start_with(shadow_config(&f, &moto, None), &f, "w-shadow");
+
+    // Telemetry reports setpoint 7 (written to ThingWorx); the platform's change event for it is
+    // an echo and must not go back to the device. A user's change to 8 must.
+    f.store
+        .append(
+            f.shard,
+            &[
+                envelope("pump-1", MessageKind::Telemetry, 1, json!({"setpoint": 7})),
+                change("pump-1", 2, "setpoint", json!(7)),
+            ],
+        )
+        .await
+        .unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "pump-1", "setpoint"), Some(json!(7.0)));
+    assert_eq!(
+        desired(&moto, "pump-1", None).await,
+        None,
+        "echo suppressed"
+    );
+
+    f.store
+        .append(
+            f.shard,
+            &[
+                change("pump-1", 3, "setpoint", json!("8.5")),
+                change("pump-1", 4, "mode", json!("eco")),
+                // Not writable: never sent to the device.
+                change("pump-1", 5, "temp", json!(99)),
+                // A Thing AWS IoT does not know: dead-lettered with AWS's answer.
+                change("not-in-aws", 6, "setpoint", json!(1)),
+                // Garbage: dead-lettered.
+                change("pump-1", 7, "setpoint", json!("not a number")),
+            ],
+        )
+        .await
+        .unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(
+        desired(&moto, "pump-1", None).await,
+        Some(json!({"setpoint": 8.5, "mode": "eco"}))
+    );
+    let mut reasons: Vec<(String, String)> = f
+        .store
+        .list_dead_letters(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| (l.envelope.source.position, l.reason.code))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("6".to_string(), "shadow_not_found".to_string()),
+            ("7".to_string(), "invalid_property_change".to_string()),
+        ]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn property_changes_reach_a_named_shadow() {
+    let f = fleet(&["pump-2"]).await;
+    let moto = MotoServer::start().await.unwrap();
+    moto.call("iot", "POST", "/things/pump-2", "{}")
+        .await
+        .unwrap();
+    let worker = start_with(shadow_config(&f, &moto, Some("config")), &f, "w-named");
+    f.store
+        .append(f.shard, &[change("pump-2", 1, "setpoint", json!(21))])
+        .await
+        .unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(
+        desired(&moto, "pump-2", Some("config")).await,
+        Some(json!({"setpoint": 21.0}))
+    );
+    assert_eq!(
+        desired(&moto, "pump-2", None).await,
+        None,
+        "classic shadow untouched"
+    );
+    worker.stop().await;
 }

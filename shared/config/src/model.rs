@@ -242,6 +242,52 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// The properties presence events set.
     pub presence: PresenceProperties,
+    /// Writing property changes back to AWS IoT device shadows.
+    pub shadow: ShadowSettings,
+}
+
+/// `[worker.shadow]`: property changes made in ThingWorx → `state.desired` of device shadows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowSettings {
+    /// Off: property changes are dead-lettered (`no_device_writer`), never dropped.
+    pub enabled: bool,
+    pub region: String,
+    /// The account's IoT data endpoint (`https://<id>-ats.iot.<region>.amazonaws.com`), or a
+    /// stand-in for tests; the SDK default when absent.
+    pub endpoint: Option<String>,
+    /// A named shadow; the classic shadow when absent.
+    pub shadow_name: Option<String>,
+    /// Static credentials; the AWS default chain (env, profile, ECS/EKS role, IMDS) when absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Only properties of this category are written to devices.
+    pub writable_category: String,
+    /// A change equal to a value the worker itself wrote from telemetry within this window is
+    /// an echo and is not sent back to the device.
+    #[serde(with = "humantime_serde")]
+    pub echo_window: Duration,
+    /// Per-call timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShadowSettings {
+    fn default() -> Self {
+        ShadowSettings {
+            enabled: false,
+            region: "us-east-1".into(),
+            endpoint: None,
+            shadow_name: None,
+            access_key_id: None,
+            secret_access_key: None,
+            secret_access_key_file: None,
+            writable_category: "AWSConnectorWritable".into(),
+            echo_window: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -265,6 +311,7 @@ impl Default for WorkerConfig {
             model_cache_ttl: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             presence: PresenceProperties::default(),
+            shadow: ShadowSettings::default(),
         }
     }
 }

@@ -220,6 +220,31 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
             p.push(Problem::new(key, "must name a property"));
         }
     }
+    resolve_secret(
+        &mut p,
+        "worker.shadow.secret_access_key",
+        &mut c.worker.shadow.secret_access_key,
+        c.worker.shadow.secret_access_key_file.as_deref(),
+    );
+    if c.worker.shadow.access_key_id.is_some() != c.worker.shadow.secret_access_key.is_some() {
+        p.push(Problem::new(
+            "worker.shadow.access_key_id",
+            "set both access_key_id and secret_access_key (or _file), or neither",
+        ));
+    }
+    if c.worker.shadow.enabled && c.worker.shadow.region.trim().is_empty() {
+        p.push(Problem::new(
+            "worker.shadow.region",
+            "must name an AWS region",
+        ));
+    }
+    if c.worker.shadow.writable_category.trim().is_empty() {
+        p.push(Problem::new(
+            "worker.shadow.writable_category",
+            "must name a property category",
+        ));
+    }
+    positive(&mut p, "worker.shadow.timeout", c.worker.shadow.timeout);
     if let Some(id) = &c.worker.id {
         if id.is_empty() || id.contains(char::is_whitespace) {
             p.push(Problem::new(

@@ -410,6 +410,121 @@ async fn cluster_state_ok(port: u16) -> bool {
     )
 }
 
+/// A moto server (the AWS stand-in: IoT, IoT data plane, Kinesis, ECS…) on a free loopback
+/// port, killed on drop. Found through `MOTO_SERVER`, else the venv `scripts/ensure-deps` makes
+/// (`$XDG_CACHE_HOME` or `~/.cache`, then `twinbridge/venv/bin/moto_server`), else `PATH`.
+pub struct MotoServer {
+    port: u16,
+    child: Child,
+}
+
+fn moto_binary() -> PathBuf {
+    #[allow(clippy::disallowed_methods)] // test helpers locate binaries through the environment
+    let (configured, cache, home) = (
+        std::env::var_os("MOTO_SERVER"),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    );
+    if let Some(p) = configured {
+        return PathBuf::from(p);
+    }
+    let cache = cache
+        .map(PathBuf::from)
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(c) = cache {
+        let p = c.join("twinbridge/venv/bin/moto_server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from("moto_server")
+}
+
+impl MotoServer {
+    pub async fn start() -> Result<Self> {
+        let bin = moto_binary();
+        let mut last = anyhow!("moto did not start");
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "starting {} (run scripts/ensure-deps, or set MOTO_SERVER)",
+                        bin.display()
+                    )
+                })?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    last = anyhow!("moto_server exited at start: {status}");
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return Ok(MotoServer { port, child });
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill().await;
+                    last = anyhow!("moto_server on port {port} did not answer within 30 s");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(last)
+    }
+
+    /// `http://127.0.0.1:<port>`: the endpoint override for every AWS client in tests.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Calls moto's REST API for one service without real signing (moto routes by the service
+    /// named in the credential scope and does not check signatures).
+    pub async fn call(
+        &self,
+        service: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: AWS4-HMAC-SHA256 \
+             Credential=test/20240101/us-east-1/{service}/aws4_request, SignedHeaders=host, \
+             Signature=0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("moto answered garbage: {text}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +543,17 @@ mod tests {
         assert!(!ping(addr).await);
         server.restart().await.unwrap();
         assert!(ping(addr).await);
+    }
+
+    #[tokio::test]
+    async fn moto_starts_and_answers() {
+        let moto = MotoServer::start().await.unwrap();
+        let (status, body) = moto
+            .call("iot", "POST", "/things/probe", "{}")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("probe"), "{body}");
     }
 
     #[test]
