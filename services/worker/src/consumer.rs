@@ -503,7 +503,10 @@ impl Consumer {
                             continue;
                         }
                         self.presence.insert(envelope.thing.clone(), key);
-                        mapping::presence_values(&event, &settings.presence)
+                        // Only the connection properties the Thing models are written.
+                        let mut values = mapping::presence_values(&event, &settings.presence);
+                        values.retain(|v| thing.model.get(&v.name).is_some());
+                        values
                     }
                     Err(r) => {
                         dead.push(self.letter(envelope.clone(), r.code, r.detail, 0));
@@ -666,16 +669,15 @@ impl Consumer {
             let values: Vec<Vtq> = chunk.iter().flat_map(|i| i.values.clone()).collect();
             match self.write(&work.thing, &values).await? {
                 Ok(()) => {}
-                Err(Fatal(e))
-                    if chunk.len() == 1 || matches!(e, PlatformError::NotFound { .. }) =>
-                {
-                    // One entry, or the Thing is gone: every entry of the chunk fails alike.
+                Err(Fatal(e)) if chunk.len() == 1 => {
                     for item in chunk {
                         dead.extend(self.reject(item, entries, &e));
                     }
                 }
                 Err(Fatal(_)) => {
-                    // Narrow down: one call per entry, dead-letter only those refused.
+                    // Narrow down (a 400 for one bad value, a 404 for one unknown property, or
+                    // the Thing gone — then every entry fails alike): one call per entry,
+                    // dead-letter only those refused.
                     for item in chunk {
                         if let Err(Fatal(e)) = self.write(&work.thing, &item.values).await? {
                             dead.extend(self.reject(item, entries, &e));

@@ -181,6 +181,29 @@ pub struct RouterConfig {
     pub ingest_token_file: Option<PathBuf>,
     /// Largest accepted message; bigger ones are dead-lettered.
     pub max_payload_bytes: u32,
+    /// Topic templates that name the Thing (`{thing}`, or one other `{placeholder}`; `+` one
+    /// level, trailing `#` the rest). Tried in order.
+    pub topic_templates: Vec<String>,
+    /// A JSON pointer to the Thing name inside the payload, tried after the templates.
+    pub thing_pointer: Option<String>,
+    /// What to do with messages for Things the fleet does not know.
+    pub unknown_thing: UnknownThingPolicy,
+    /// How often the route table follows the store's assignment changes.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Most messages in one `POST /v1/ingest` request.
+    pub max_batch_messages: usize,
+}
+
+/// `router.unknown_thing`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownThingPolicy {
+    /// Keep it in the dead-letter queue (replayable once the Thing is assigned).
+    #[default]
+    DeadLetter,
+    /// Drop it and count it (`twinbridge_router_dropped_total`).
+    Drop,
 }
 
 impl Default for RouterConfig {
@@ -190,6 +213,14 @@ impl Default for RouterConfig {
             ingest_token: None,
             ingest_token_file: None,
             max_payload_bytes: 128 * 1024,
+            topic_templates: vec![
+                "things/{thing}/telemetry".into(),
+                "tpx/things/{thing}/uplink".into(),
+            ],
+            thing_pointer: None,
+            unknown_thing: UnknownThingPolicy::DeadLetter,
+            refresh_interval: Duration::from_millis(250),
+            max_batch_messages: 1000,
         }
     }
 }

@@ -160,6 +160,21 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         c.router.ingest_token_file.as_deref(),
     );
 
+    positive(&mut p, "router.refresh_interval", c.router.refresh_interval);
+    if c.router.max_batch_messages == 0 {
+        p.push(Problem::new(
+            "router.max_batch_messages",
+            "must be at least 1",
+        ));
+    }
+    if let Some(ptr) = &c.router.thing_pointer {
+        if !ptr.starts_with('/') {
+            p.push(Problem::new(
+                "router.thing_pointer",
+                format!("`{ptr}` is not a JSON pointer (it must start with `/`)"),
+            ));
+        }
+    }
     // worker
     if c.worker.max_shards == 0 {
         p.push(Problem::new("worker.max_shards", "must be at least 1"));

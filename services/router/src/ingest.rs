@@ -1,0 +1,204 @@
+//! The path every source shares: size check, classification, routing, one pipelined append per
+//! shard (in arrival order), dead letters for what cannot be routed. A batch is confirmed to its
+//! source only when every message in it is durably appended or dead-lettered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use twinbridge_core::time::now_ms;
+use twinbridge_core::{
+    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source,
+};
+use twinbridge_store::{FleetStore, StoreResult};
+
+use crate::classify::{classify, Rejection, Rules};
+use crate::routing::Routes;
+
+/// What to do with a message for a Thing the fleet does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownThing {
+    DeadLetter,
+    Drop,
+}
+
+/// One message as a source hands it over.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub source: Source,
+    pub topic: Option<String>,
+    /// The source's identity hint (Kinesis partition key, MQTT client id).
+    pub key: Option<String>,
+    pub payload: Bytes,
+    /// Set by sources that know what they carry (the platform webhook: property changes).
+    pub known: Option<(MessageKind, String)>,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Appended { shard: ShardId },
+    DeadLettered { code: &'static str },
+    Dropped { code: &'static str },
+}
+
+/// The shared ingest path.
+pub struct Ingestor {
+    pub store: Arc<dyn FleetStore>,
+    pub routes: Routes,
+    pub rules: Rules,
+    pub max_payload_bytes: usize,
+    pub unknown: UnknownThing,
+}
+
+fn letter(inbound: &Inbound, thing: &str, kind: MessageKind, r: &Rejection) -> DeadLetter {
+    metrics::counter!("twinbridge_router_dead_letters_total", "reason" => r.code).increment(1);
+    tracing::warn!(source = %inbound.source.name, position = %inbound.source.position, reason = r.code, detail = %r.detail, "dead-lettering an inbound message");
+    let now = now_ms();
+    DeadLetter {
+        envelope: Envelope {
+            kind,
+            thing: thing.to_string(),
+            source: inbound.source.clone(),
+            received_at_ms: now,
+            topic: inbound.topic.clone(),
+            trace: None,
+            payload: Payload(inbound.payload.clone()),
+        },
+        reason: DeadLetterReason::new(r.code, r.detail.clone()),
+        attempts: 0,
+        first_failure_ms: now,
+        last_failure_ms: now,
+        shard: None,
+    }
+}
+
+/// A dead letter for an inbound message that cannot be ingested.
+pub fn reject(inbound: &Inbound, code: &'static str, detail: String) -> DeadLetter {
+    let kind = inbound
+        .known
+        .as_ref()
+        .map_or(MessageKind::Telemetry, |k| k.0);
+    letter(inbound, "", kind, &Rejection::new(code, detail))
+}
+
+impl Ingestor {
+    /// Ingests a batch. `Err` only when the store failed (nothing is confirmed then; the source
+    /// must retry, which may append some messages twice — never lose them).
+    pub async fn ingest(&self, batch: Vec<Inbound>) -> StoreResult<Vec<Outcome>> {
+        let now = now_ms();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        // (index, classified kind, thing)
+        let mut routed: Vec<(usize, MessageKind, String)> = Vec::with_capacity(batch.len());
+        for (i, m) in batch.iter().enumerate() {
+            if m.payload.len() > self.max_payload_bytes {
+                let r = Rejection::new(
+                    "payload_too_large",
+                    format!(
+                        "{} bytes, limit {}; the first {} bytes are kept",
+                        m.payload.len(),
+                        self.max_payload_bytes,
+                        self.max_payload_bytes
+                    ),
+                );
+                let mut kept = m.clone();
+                kept.payload = m.payload.slice(..self.max_payload_bytes);
+                dead.push(letter(&kept, "", MessageKind::Telemetry, &r));
+                outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
+                continue;
+            }
+            let classified = match &m.known {
+                Some((kind, thing)) => Ok((*kind, thing.clone())),
+                None => classify(
+                    &self.rules,
+                    m.topic.as_deref(),
+                    m.key.as_deref(),
+                    &m.payload,
+                )
+                .map(|c| (c.kind, c.thing)),
+            };
+            match classified {
+                Ok((kind, thing)) => routed.push((i, kind, thing)),
+                Err(r) => {
+                    dead.push(letter(m, "", MessageKind::Telemetry, &r));
+                    outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
+                }
+            }
+        }
+
+        // Routes: the cache first, then the store for misses.
+        let mut missing: Vec<String> = routed
+            .iter()
+            .filter(|(_, _, t)| self.routes.get(t).is_none())
+            .map(|(_, _, t)| t.clone())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            self.routes.resolve(&missing).await?;
+        }
+        let mut per_shard: BTreeMap<ShardId, (Vec<usize>, Vec<Envelope>)> = BTreeMap::new();
+        for (i, kind, thing) in routed {
+            let m = &batch[i];
+            metrics::counter!("twinbridge_router_messages_total", "kind" => kind.as_str())
+                .increment(1);
+            match self.routes.get(&thing) {
+                Some(shard) => {
+                    let entry = per_shard.entry(shard).or_default();
+                    entry.0.push(i);
+                    entry.1.push(Envelope {
+                        kind,
+                        thing,
+                        source: m.source.clone(),
+                        received_at_ms: now,
+                        topic: m.topic.clone(),
+                        trace: None,
+                        payload: Payload(m.payload.clone()),
+                    });
+                }
+                None => {
+                    let r = Rejection::new(
+                        "unknown_thing",
+                        format!("Thing `{thing}` is not in the fleet registry"),
+                    );
+                    match self.unknown {
+                        UnknownThing::DeadLetter => {
+                            dead.push(letter(m, &thing, kind, &r));
+                            outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
+                        }
+                        UnknownThing::Drop => {
+                            metrics::counter!("twinbridge_router_dropped_total", "reason" => r.code)
+                                .increment(1);
+                            outcomes[i] = Some(Outcome::Dropped { code: r.code });
+                        }
+                    }
+                }
+            }
+        }
+
+        // One pipelined append per shard, shards concurrently; order within a shard is kept.
+        let appends = per_shard.iter().map(|(shard, (_, envs))| async move {
+            self.store
+                .append(*shard, envs)
+                .await
+                .map(|ids| (*shard, ids))
+        });
+        for result in futures::future::join_all(appends).await {
+            let (shard, ids) = result?;
+            metrics::counter!("twinbridge_router_appended_total").increment(ids.len() as u64);
+            if let Some((indices, _)) = per_shard.get(&shard) {
+                for i in indices {
+                    outcomes[*i] = Some(Outcome::Appended { shard });
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.store.dead_letter(&dead).await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Dropped { code: "unrouted" }))
+            .collect())
+    }
+}
