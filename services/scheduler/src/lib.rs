@@ -1,16 +1,30 @@
-//! The scheduler: discovers Things, assigns them to shards, keeps workers running and serves the
-//! admin API.
+//! The scheduler: discovers Things, assigns them to shards and keeps that map current.
 //!
-//! This crate currently provides the scheduler's runtime: health/readiness/metrics endpoints, the
-//! store connection (retried until reachable, `/readyz` false meanwhile) and graceful stop.
-//! Its service logic lands with issue 4.
+//! - [`sync`]: discovery by tag and property category, stable assignment into shards with spare
+//!   capacity (new shards as needed), model updates, removals; one bad Thing never aborts a sync.
+//! - Leadership: several replicas may run; the one holding the `scheduler-leader` role lease
+//!   syncs, the others wait to take over when its lease expires.
+//!
+//! Not built yet (issue 4): worker launchers, dead-worker hand-off beyond the workers' own lease
+//! takeover, and the admin REST API.
 #![forbid(unsafe_code)]
+
+pub mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use twinbridge_config::Config;
-use twinbridge_store::{open_with_retry, StoreError, StoreOptions};
+use twinbridge_platform::{PlatformClient, PlatformError};
+use twinbridge_store::{open_with_retry, FleetStore, Lease, LeaseKey, StoreError, StoreOptions};
 use twinbridge_telemetry::{spawn_http, Health};
+
+use crate::sync::{sync_once, SyncSettings};
+
+/// The role lease the active scheduler holds.
+pub const LEADER_ROLE: &str = "scheduler-leader";
 
 /// Why the scheduler stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +36,25 @@ pub enum SchedulerError {
     },
     #[error("scheduler: store: {0}")]
     Store(#[from] StoreError),
+    #[error("scheduler: {0}")]
+    Platform(#[from] PlatformError),
+    #[error("scheduler: {key}: {problem}")]
+    Config { key: &'static str, problem: String },
+}
+
+/// The sync settings `[scheduler]` describes.
+pub fn sync_settings(config: &Config) -> SyncSettings {
+    let s = &config.scheduler;
+    SyncSettings {
+        tag: s.discovery_tag.clone(),
+        categories: vec![
+            s.discovery_category.clone(),
+            config.worker.shadow.writable_category.clone(),
+        ],
+        concurrency: s.discovery_concurrency as usize,
+        shard_capacity: s.shard_capacity,
+        max_things: 10_000_000,
+    }
 }
 
 /// Runs the scheduler until `shutdown` fires.
@@ -40,6 +73,16 @@ async fn run_inner(
     store: StoreOptions,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
+    let platform = Arc::new(PlatformClient::new(
+        config
+            .platform_client_config()
+            .ok_or(SchedulerError::Config {
+                key: "platform.app_key",
+                problem: "the scheduler needs an application key (platform.app_key or \
+                          platform.app_key_file)"
+                    .into(),
+            })?,
+    )?);
     let listen = config.scheduler.listen;
     let health = Health::new();
     health.not_ready("store", "connecting");
@@ -50,12 +93,77 @@ async fn run_inner(
             source,
         })?;
     tracing::info!(%addr, "scheduler started");
-    let Some(_store) = open_with_retry(&store, &shutdown).await? else {
+    let Some(store) = open_with_retry(&store, &shutdown).await? else {
         return Ok(());
     };
     health.ready("store");
-    shutdown.cancelled().await;
+    let me = format!(
+        "scheduler-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    lead(
+        &*store,
+        &platform,
+        &sync_settings(&config),
+        &me,
+        config.scheduler.discovery_interval,
+        &shutdown,
+    )
+    .await;
     let _ = http.await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// Takes the leader lease when free, syncs every `interval` while holding it, releases it on stop.
+async fn lead(
+    store: &dyn FleetStore,
+    platform: &PlatformClient,
+    settings: &SyncSettings,
+    me: &str,
+    interval: Duration,
+    shutdown: &CancellationToken,
+) {
+    let ttl = Duration::from_secs(10);
+    let key = LeaseKey::Role(LEADER_ROLE.into());
+    let mut lease: Option<Lease> = None;
+    let mut next_sync = tokio::time::Instant::now();
+    loop {
+        lease = match lease.take() {
+            Some(l) => match store.renew_lease(&l, ttl).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leadership lost");
+                    None
+                }
+            },
+            None => match store.acquire_lease(&key, me, ttl).await {
+                Ok(l) => {
+                    tracing::info!(token = l.token.0, "leading the fleet");
+                    next_sync = tokio::time::Instant::now();
+                    Some(l)
+                }
+                Err(StoreError::LeaseHeld { .. }) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the leader lease");
+                    None
+                }
+            },
+        };
+        metrics::gauge!("twinbridge_scheduler_leader").set(if lease.is_some() { 1.0 } else { 0.0 });
+        if lease.is_some() && tokio::time::Instant::now() >= next_sync {
+            match sync_once(platform, store, settings).await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sync failed; retrying next round"),
+            }
+            next_sync = tokio::time::Instant::now() + interval;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+    }
+    if let Some(l) = lease {
+        let _ = store.release_lease(&l).await;
+    }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use twinbridge_config::Config;
 use twinbridge_core::{time::now_ms, WorkerId, WorkerInfo};
-use twinbridge_platform::{AppKey, PlatformClient, PlatformConfig, PlatformError, TlsOptions};
+use twinbridge_platform::{PlatformClient, PlatformError};
 use twinbridge_store::{open_with_retry, FleetStore, StoreError, StoreOptions};
 use twinbridge_telemetry::{spawn_http, Health};
 
@@ -50,19 +50,11 @@ pub enum WorkerError {
 
 /// The platform client the `[platform]` section describes.
 pub fn platform_client(config: &Config) -> Result<PlatformClient, WorkerError> {
-    let p = &config.platform;
-    let key = p.app_key.as_ref().ok_or(WorkerError::Config {
+    let pc = config.platform_client_config().ok_or(WorkerError::Config {
         key: "platform.app_key",
         problem: "the worker needs an application key (platform.app_key or platform.app_key_file)"
             .into(),
     })?;
-    let mut pc = PlatformConfig::new(p.url.clone(), AppKey::new(key.expose()));
-    pc.timeout = p.timeout;
-    pc.extra_headers = p.headers.clone();
-    pc.tls = TlsOptions {
-        ca_file: p.ca_file.clone(),
-        accept_invalid_certs: p.accept_invalid_certs,
-    };
     Ok(PlatformClient::new(pc)?)
 }
 
