@@ -3,6 +3,8 @@
 //! SIGTERM/SIGINT and drains within a grace period.
 #![forbid(unsafe_code)]
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,7 +68,7 @@ enum Command {
     /// Runs scheduler, router and worker in one process.
     All,
     /// Runs a self-contained demo fleet (no Redis, AWS or ThingWorx needed).
-    Demo,
+    Demo(demo::DemoArgs),
     /// The ThingWorx platform simulator, for tests, demos and load tests.
     PlatformSim(twinbridge_platform_sim::SimOptions),
     /// Configuration tools.
@@ -126,12 +128,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Demo => {
-            eprintln!(
-                "twinbridge demo: not yet available in this build (the end-to-end demo lands with the fleet issue); \
-                 `twinbridge all` runs every service in one process"
+        Command::Demo(args) => {
+            init_logging(
+                log_style(cli.global.log_format, Some(config.log.format)),
+                cli.global.log_level.as_deref().unwrap_or("warn"),
             );
-            ExitCode::from(2)
+            install_metrics();
+            run_async(demo::run(args, config))
         }
         command => {
             init_logging(

@@ -198,3 +198,45 @@ async fn worker_without_an_app_key_names_the_missing_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("platform.app_key"), "{stderr}");
 }
+
+/// `twinbridge demo` runs the whole fleet on the embedded store and delivers device messages to
+/// the simulated ThingWorx.
+#[tokio::test]
+async fn demo_delivers_device_messages_end_to_end() {
+    let out = tokio::process::Command::new(BIN)
+        .args(["demo", "--things", "20", "--rate", "200", "--duration", "4"])
+        .args(["--sim-listen", &format!("127.0.0.1:{}", free_port())])
+        .env(
+            "TWINBRIDGE_ROUTER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "TWINBRIDGE_WORKER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "TWINBRIDGE_SCHEDULER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("fleet ready"), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    // "stopped: N messages sent, M property values delivered to ThingWorx, D dead letters"
+    let numbers: Vec<u64> = last
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 3, "{last}");
+    let (sent, delivered, dead) = (numbers[0], numbers[1], numbers[2]);
+    assert!(sent > 100, "{last}");
+    assert!(
+        delivered >= sent * 4,
+        "every message carries 5 values (presence 1-2): {last}"
+    );
+    assert_eq!(dead, 0, "{last}");
+}

@@ -60,7 +60,10 @@ impl ShardManager {
 
     /// Runs until `shutdown`, then stops gracefully.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let tick = (self.ttl / 3).max(Duration::from_millis(50));
+        // Renewals need ttl/3; new shards are looked for at least every second.
+        let tick = (self.ttl / 3)
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(50));
         loop {
             self.renew().await;
             self.reap().await;
