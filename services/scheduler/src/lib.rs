@@ -54,6 +54,7 @@ pub fn sync_settings(config: &Config) -> SyncSettings {
         concurrency: s.discovery_concurrency as usize,
         shard_capacity: s.shard_capacity,
         max_things: 10_000_000,
+        read_templates: !config.worker.templates.is_empty(),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct SyncSettings {
     pub shard_capacity: u32,
     /// Most Things listed from the platform.
     pub max_things: u32,
+    /// Also read each Thing's ThingTemplate (needed by per-template mappings; one more call per
+    /// Thing).
+    pub read_templates: bool,
 }
 
 /// What a sync did.
@@ -66,18 +69,28 @@ pub async fn sync_once(
         ..SyncReport::default()
     };
     let categories: Vec<&str> = settings.categories.iter().map(String::as_str).collect();
-    let models: Vec<(String, Result<PropertyModel, PlatformError>)> =
-        futures::stream::iter(names.iter().cloned())
-            .map(|name| {
-                let categories = categories.clone();
-                async move {
-                    let model = platform.property_model(&name, &categories).await;
-                    (name, model)
+    type Read = Result<(PropertyModel, Option<String>), PlatformError>;
+    let read_templates = settings.read_templates;
+    let models: Vec<(String, Read)> = futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let categories = categories.clone();
+            async move {
+                let read = async {
+                    let model = platform.property_model(&name, &categories).await?;
+                    let template = if read_templates {
+                        platform.thing_template(&name).await?
+                    } else {
+                        None
+                    };
+                    Ok((model, template))
                 }
-            })
-            .buffer_unordered(settings.concurrency.max(1))
-            .collect()
-            .await;
+                .await;
+                (name, read)
+            }
+        })
+        .buffer_unordered(settings.concurrency.max(1))
+        .collect()
+        .await;
 
     let existing: HashMap<String, Thing> = store
         .list_things()
@@ -86,9 +99,9 @@ pub async fn sync_once(
         .map(|t| (t.name.clone(), t))
         .collect();
     let mut changed: Vec<Thing> = Vec::new();
-    let mut new: Vec<(String, PropertyModel)> = Vec::new();
-    for (name, model) in models {
-        let model = match model {
+    let mut new: Vec<(String, PropertyModel, Option<String>)> = Vec::new();
+    for (name, read) in models {
+        let (model, template) = match read {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(thing = %name, error = %e, "skipping a Thing whose definitions cannot be read");
@@ -96,17 +109,24 @@ pub async fn sync_once(
                 continue;
             }
         };
+        // Without template reads, keep what is known.
+        let template = if read_templates {
+            template
+        } else {
+            existing.get(&name).and_then(|t| t.template.clone())
+        };
         match existing.get(&name) {
-            Some(old) if old.model == model => report.unchanged += 1,
+            Some(old) if old.model == model && old.template == template => report.unchanged += 1,
             Some(old) => {
                 report.updated += 1;
                 changed.push(Thing {
                     model,
+                    template,
                     model_version: old.model_version + 1,
                     ..old.clone()
                 });
             }
-            None => new.push((name, model)),
+            None => new.push((name, model, template)),
         }
     }
     new.sort_by(|a, b| a.0.cmp(&b.0));
@@ -133,7 +153,7 @@ pub async fn sync_once(
         .filter(|(_, n)| *n > 0)
         .collect();
     let mut slot = 0;
-    for (name, model) in new {
+    for (name, model, template) in new {
         while slot < spare.len() && spare[slot].1 == 0 {
             slot += 1;
         }
@@ -149,7 +169,7 @@ pub async fn sync_once(
             shard: spare[slot].0,
             model,
             model_version: 1,
-            template: None,
+            template,
         });
     }
     for chunk in changed.chunks(CHUNK) {

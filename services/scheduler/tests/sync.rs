@@ -142,6 +142,21 @@ async fn discovery_assigns_within_capacity_and_keeps_assignments_stable() {
     assert_eq!(members.values().sum::<u32>(), 3_099);
     assert!(members.values().all(|m| *m <= 1000));
 
+    // With per-template mappings configured, discovery also reads each Thing's template.
+    let mut with_templates = settings.clone();
+    with_templates.read_templates = true;
+    let r = sync_once(&platform, &*store, &with_templates)
+        .await
+        .unwrap();
+    assert_eq!(r.updated, 3_099, "{r:?}");
+    let t = store.get_thing("sim-thing-000100").await.unwrap().unwrap();
+    assert_eq!(t.template.as_deref(), Some("TwinbridgeSimTemplate"));
+    let r = sync_once(&platform, &*store, &settings).await.unwrap();
+    assert_eq!(
+        r.unchanged, 3_099,
+        "templates are kept when not read: {r:?}"
+    );
+
     // Things whose definitions fail are reported and skipped; their records stay.
     sim.sim.set_faults(Faults {
         error_rates: [(500, 0.2)].into_iter().collect(),

@@ -451,7 +451,12 @@ impl Consumer {
             };
             let values = match envelope.kind {
                 MessageKind::Telemetry => {
-                    match mapping::telemetry(envelope, &thing.model, &settings.mapping) {
+                    match mapping::telemetry(
+                        envelope,
+                        &thing.model,
+                        thing.template.as_deref(),
+                        &settings.mapping,
+                    ) {
                         Ok(m) => {
                             if !m.skipped.is_empty() {
                                 metrics::counter!("twinbridge_worker_keys_skipped_total")

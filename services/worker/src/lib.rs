@@ -70,6 +70,11 @@ pub fn settings(config: &Config) -> Settings {
         model_cache_ttl: w.model_cache_ttl,
         mapping: MappingSettings {
             timestamp_field: w.timestamp_field.clone(),
+            templates: w
+                .templates
+                .iter()
+                .map(|t| (t.template.clone(), t.properties.clone()))
+                .collect(),
         },
         presence: PresenceNames {
             connected: w.presence.connected.clone(),

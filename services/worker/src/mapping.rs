@@ -2,6 +2,8 @@
 //! Thing's property model, and presence events onto the connection-state properties. Pure
 //! functions, unit-tested on every rule.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde_json::{Map, Value};
 use twinbridge_core::{BaseType, Envelope, PresenceEvent, PresenceEventType, PropertyModel};
 use twinbridge_platform::{coerce, CoercionError, PropertyValue, Quality, Vtq};
@@ -38,6 +40,8 @@ pub struct Mapped {
 #[derive(Debug, Clone)]
 pub struct MappingSettings {
     pub timestamp_field: String,
+    /// Per ThingTemplate: property name → JSON pointer into the payload.
+    pub templates: HashMap<String, BTreeMap<String, String>>,
 }
 
 /// The object holding the reported values: the payload itself, or a shadow document's reported
@@ -82,21 +86,23 @@ pub fn device_time(value: &Value) -> Option<i64> {
     }
 }
 
-/// Maps a telemetry payload onto the Thing's modelled properties.
+/// Maps a telemetry payload onto the Thing's modelled properties: the template's pointer
+/// mappings first (when the Thing's template has one), then payload keys that are property names.
 pub fn telemetry(
     envelope: &Envelope,
     model: &PropertyModel,
+    template: Option<&str>,
     settings: &MappingSettings,
 ) -> Result<Mapped, Rejection> {
     let parsed: Value = serde_json::from_slice(envelope.payload.as_bytes())
         .map_err(|e| Rejection::new("invalid_json", format!("payload is not JSON: {e}")))?;
-    let Value::Object(object) = parsed else {
+    let Value::Object(object) = &parsed else {
         return Err(Rejection::new(
             "not_an_object",
             "payload is JSON but not an object of property values",
         ));
     };
-    let values = reported(&object);
+    let values = reported(object);
     let mut out = Mapped::default();
     let arrival = i64::try_from(envelope.received_at_ms).unwrap_or(i64::MAX);
     let ts_field = settings.timestamp_field.as_str();
@@ -107,7 +113,32 @@ pub fn telemetry(
         }),
         None => arrival,
     };
+    let mut mapped: Vec<&str> = Vec::new();
+    if let Some(pointers) = template.and_then(|t| settings.templates.get(t)) {
+        for (property, pointer) in pointers {
+            let Some(value) = parsed.pointer(pointer) else {
+                continue;
+            };
+            let Some(def) = model.get(property) else {
+                out.skipped.push(format!("{property} (from {pointer})"));
+                continue;
+            };
+            mapped.push(property);
+            match coerce(&def.base_type, property, value) {
+                Ok(value) => out.values.push(Vtq {
+                    name: property.clone(),
+                    value,
+                    time,
+                    quality: Quality::Good,
+                }),
+                Err(e) => out.rejected.push(e),
+            }
+        }
+    }
     for (key, value) in values {
+        if mapped.contains(&key.as_str()) {
+            continue;
+        }
         let Some(def) = model.get(key) else {
             if key != ts_field {
                 out.skipped.push(key.clone());
@@ -217,8 +248,13 @@ mod tests {
     }
 
     fn settings() -> MappingSettings {
+        let mut lora = BTreeMap::new();
+        lora.insert("temp".to_string(), "/decoded/t".to_string());
+        lora.insert("waterLevel".to_string(), "/decoded/level/value".to_string());
+        lora.insert("colour".to_string(), "/decoded/c".to_string());
         MappingSettings {
             timestamp_field: "timestamp".into(),
+            templates: [("LoRaSensor".to_string(), lora)].into_iter().collect(),
         }
     }
 
@@ -227,6 +263,7 @@ mod tests {
         let m = telemetry(
             &env(r#"{"temp": 10, "waterLevel": 12, "state": "reporting"}"#),
             &model(),
+            None,
             &settings(),
         )
         .unwrap();
@@ -261,6 +298,7 @@ mod tests {
             let m = telemetry(
                 &env(&format!(r#"{{"temp": 1, "timestamp": {ts}}}"#)),
                 &model(),
+                None,
                 &settings(),
             )
             .unwrap();
@@ -273,6 +311,7 @@ mod tests {
         let m = telemetry(
             &env(r#"{"temp": 1, "timestamp": "yesterday"}"#),
             &model(),
+            None,
             &settings(),
         )
         .unwrap();
@@ -285,6 +324,7 @@ mod tests {
         let m = telemetry(
             &env(r#"{"temp": "hot", "waterLevel": 3, "colour": "red", "on": "maybe"}"#),
             &model(),
+            None,
             &settings(),
         )
         .unwrap();
@@ -301,12 +341,40 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_rejected_with_a_code() {
-        let e = telemetry(&env("{nope"), &model(), &settings()).unwrap_err();
+        let e = telemetry(&env("{nope"), &model(), None, &settings()).unwrap_err();
         assert_eq!(e.code, "invalid_json");
-        let e = telemetry(&env("[1,2]"), &model(), &settings()).unwrap_err();
+        let e = telemetry(&env("[1,2]"), &model(), None, &settings()).unwrap_err();
         assert_eq!(e.code, "not_an_object");
-        let e = telemetry(&env("\u{0}\u{1}"), &model(), &settings()).unwrap_err();
+        let e = telemetry(&env("\u{0}\u{1}"), &model(), None, &settings()).unwrap_err();
         assert_eq!(e.code, "invalid_json");
+    }
+
+    #[test]
+    fn template_pointer_mappings_come_first() {
+        let payload = r#"{"decoded": {"t": "19.5", "level": {"value": 4}, "c": 1}, "temp": 99, "state": "ok"}"#;
+        let m = telemetry(&env(payload), &model(), Some("LoRaSensor"), &settings()).unwrap();
+        let got: Vec<_> = m
+            .values
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("temp", PropertyValue::Number(19.5)),
+                ("waterLevel", PropertyValue::Integer(4)),
+                ("state", PropertyValue::String("ok".into())),
+            ],
+            "the pointer wins over the flat `temp` key"
+        );
+        assert!(
+            m.skipped.iter().any(|s| s.starts_with("colour")),
+            "{:?}",
+            m.skipped
+        );
+        // Another template (or none): flat keys only.
+        let m = telemetry(&env(payload), &model(), Some("Other"), &settings()).unwrap();
+        assert_eq!(m.values.len(), 2);
     }
 
     #[test]
@@ -314,6 +382,7 @@ mod tests {
         let m = telemetry(
             &env(r#"{"state": {"reported": {"temp": 5}}, "version": 3}"#),
             &model(),
+            None,
             &settings(),
         )
         .unwrap();
@@ -323,13 +392,14 @@ mod tests {
                 r#"{"previous": {"state": {"reported": {"temp": 1}}}, "current": {"state": {"reported": {"temp": 7}}}, "timestamp": 1700000009}"#,
             ),
             &model(),
+            None,
             &settings(),
         )
         .unwrap();
         assert_eq!(m.values[0].value, PropertyValue::Number(7.0));
         assert_eq!(m.values[0].time, 1_700_000_009_000);
         // A Thing that models a `state` property gets it from a flat payload.
-        let m = telemetry(&env(r#"{"state": "idle"}"#), &model(), &settings()).unwrap();
+        let m = telemetry(&env(r#"{"state": "idle"}"#), &model(), None, &settings()).unwrap();
         assert_eq!(m.values[0].value, PropertyValue::String("idle".into()));
     }
 

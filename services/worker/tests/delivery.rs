@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use twinbridge_config::{Config, Secret};
+use twinbridge_config::{Config, Secret, TemplateMapping};
 use twinbridge_core::time::now_ms;
 use twinbridge_core::{
     BaseType, Envelope, MessageKind, Payload, PropertyModel, ShardId, Source, SourceKind, Thing,
@@ -707,5 +707,44 @@ async fn property_changes_reach_a_named_shadow() {
         None,
         "classic shadow untouched"
     );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn template_mappings_pick_values_by_json_pointer() {
+    let f = fleet(&["lora-1"]).await;
+    let mut t = f.store.get_thing("lora-1").await.unwrap().unwrap();
+    t.template = Some("LoRaSensor".into());
+    f.store.put_things(&[t]).await.unwrap();
+    let mut c = config(&f);
+    c.worker.templates = vec![TemplateMapping {
+        template: "LoRaSensor".into(),
+        properties: [
+            (
+                "temp".to_string(),
+                "/uplink/decoded/temperature".to_string(),
+            ),
+            ("count".to_string(), "/uplink/fcnt".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+    }];
+    let worker = start_with(c, &f, "w-templates");
+    f.store
+        .append(
+            f.shard,
+            &[envelope(
+                "lora-1",
+                MessageKind::Telemetry,
+                1,
+                json!({"uplink": {"fcnt": 17, "decoded": {"temperature": 21.25}}, "state": "ok"}),
+            )],
+        )
+        .await
+        .unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "lora-1", "temp"), Some(json!(21.25)));
+    assert_eq!(current(&f, "lora-1", "count"), Some(json!(17)));
+    assert_eq!(current(&f, "lora-1", "state"), Some(json!("ok")));
     worker.stop().await;
 }

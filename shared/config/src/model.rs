@@ -275,6 +275,19 @@ pub struct WorkerConfig {
     pub presence: PresenceProperties,
     /// Writing property changes back to AWS IoT device shadows.
     pub shadow: ShadowSettings,
+    /// Per-template payload mappings (`[[worker.templates]]`).
+    pub templates: Vec<TemplateMapping>,
+}
+
+/// `[[worker.templates]]`: how payloads of Things of one ThingTemplate map onto properties.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplateMapping {
+    /// The ThingTemplate this mapping applies to.
+    pub template: String,
+    /// Property name → JSON pointer into the payload (`/decoded/temp`). Payload keys that are
+    /// property names still map by name.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// `[worker.shadow]`: property changes made in ThingWorx → `state.desired` of device shadows.
@@ -343,6 +356,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(5),
             presence: PresenceProperties::default(),
             shadow: ShadowSettings::default(),
+            templates: Vec::new(),
         }
     }
 }

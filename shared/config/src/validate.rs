@@ -260,6 +260,22 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         ));
     }
     positive(&mut p, "worker.shadow.timeout", c.worker.shadow.timeout);
+    for (i, t) in c.worker.templates.iter().enumerate() {
+        if t.template.trim().is_empty() {
+            p.push(Problem::new(
+                format!("worker.templates[{i}].template"),
+                "must name a ThingTemplate",
+            ));
+        }
+        for (property, pointer) in &t.properties {
+            if !pointer.starts_with('/') {
+                p.push(Problem::new(
+                    format!("worker.templates[{i}].properties.{property}"),
+                    format!("`{pointer}` is not a JSON pointer (it must start with `/`)"),
+                ));
+            }
+        }
+    }
     if let Some(id) = &c.worker.id {
         if id.is_empty() || id.contains(char::is_whitespace) {
             p.push(Problem::new(

@@ -324,6 +324,25 @@ impl PlatformClient {
         }
     }
 
+    /// The ThingTemplate a Thing implements (`GET /Things/{t}`, field `thingTemplate`); `None`
+    /// when the answer does not name one.
+    pub async fn thing_template(&self, thing: &str) -> Result<Option<String>, PlatformError> {
+        let what = format!("Thing {thing}");
+        let (status, bytes) = self
+            .send(Method::GET, &["Things", thing], None, &what)
+            .await?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|_| PlatformError::InvalidResponse {
+                status: status.as_u16(),
+                what: what.clone(),
+                snippet: snippet(&bytes),
+            })?;
+        Ok(v.get("thingTemplate")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string))
+    }
+
     /// Creates a Thing from a template with tags, then enables and restarts it.
     pub async fn create_thing(&self, thing: &NewThing) -> Result<(), PlatformError> {
         let body = request::create_thing_body(
