@@ -106,6 +106,8 @@ pub struct Settings {
     /// Only properties of this category are written to devices.
     pub writable_category: String,
     pub echo_window: Duration,
+    /// ThingTemplate → downlink topic template (`{thing}` replaced).
+    pub downlinks: HashMap<String, String>,
 }
 
 /// What every shard consumer of a worker shares.
@@ -114,6 +116,8 @@ pub struct Shared {
     pub platform: Arc<dyn PlatformSink>,
     /// `None` when no device writer is configured: property changes are dead-lettered.
     pub devices: Option<Arc<dyn DeviceSink>>,
+    /// `None` when no MQTT downlink is configured.
+    pub downlink: Option<Arc<dyn crate::downlink::DownlinkSink>>,
     pub echo: EchoGuard,
     pub settings: Settings,
     pub breaker: Breaker,
@@ -197,6 +201,8 @@ struct ThingWork {
     thing: String,
     items: Vec<Item>,
     changes: Vec<Change>,
+    /// The downlink topic property changes go to (the shadow when `None`).
+    downlink: Option<String>,
 }
 
 /// A platform call that cannot succeed.
@@ -519,12 +525,22 @@ impl Consumer {
                     }
                 },
                 MessageKind::PropertyChange => {
-                    if self.shared.devices.is_none() {
+                    let downlink = thing
+                        .template
+                        .as_ref()
+                        .and_then(|t| settings.downlinks.get(t))
+                        .map(|topic| topic.replace("{thing}", &envelope.thing));
+                    let writer_missing = match &downlink {
+                        Some(_) => self.shared.downlink.is_none(),
+                        None => self.shared.devices.is_none(),
+                    };
+                    if writer_missing {
                         dead.push(self.letter(
                             envelope.clone(),
                             "no_device_writer",
-                            "property changes need a device writer: enable [worker.shadow], then \
-                             replay this letter"
+                            "property changes need a device writer: enable [worker.shadow] (or \
+                             [worker.downlink] for templates with a downlink topic), then replay \
+                             this letter"
                                 .into(),
                             0,
                         ));
@@ -580,9 +596,11 @@ impl Consumer {
                             thing: envelope.thing.clone(),
                             items: Vec::new(),
                             changes: Vec::new(),
+                            downlink: None,
                         });
                         work.len() - 1
                     });
+                    work[slot].downlink = downlink;
                     work[slot].changes.push(Change {
                         entry: i,
                         property: change.property,
@@ -600,6 +618,7 @@ impl Consumer {
                     thing: envelope.thing.clone(),
                     items: Vec::new(),
                     changes: Vec::new(),
+                    downlink: None,
                 });
                 work.len() - 1
             });
@@ -698,7 +717,9 @@ impl Consumer {
             for c in &work.changes {
                 desired.insert(c.property.clone(), c.value.to_json());
             }
-            if let Err(e) = self.write_shadow(&work.thing, &desired).await? {
+            if let Some(topic) = &work.downlink {
+                self.publish_downlink(topic, &desired).await?;
+            } else if let Err(e) = self.write_shadow(&work.thing, &desired).await? {
                 for c in &work.changes {
                     if let Some(envelope) =
                         entries.get(c.entry).and_then(|e| e.envelope.as_ref().ok())
@@ -709,6 +730,41 @@ impl Consumer {
             }
         }
         Some(dead)
+    }
+
+    /// Publishes desired values to a downlink topic, retrying until the broker takes them.
+    /// `None`: the consumer must stop.
+    async fn publish_downlink(
+        &self,
+        topic: &str,
+        desired: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<()> {
+        let downlink = self.shared.downlink.as_ref()?;
+        let payload = serde_json::to_vec(desired).unwrap_or_default();
+        let s = &self.shared.settings;
+        let mut backoff = Backoff::new(s.retry_initial, s.retry_max);
+        loop {
+            if self.lost.is_cancelled() {
+                return None;
+            }
+            match downlink.publish(topic, payload.clone()).await {
+                Ok(()) => {
+                    metrics::counter!("twinbridge_worker_downlinks_total", "outcome" => "ok")
+                        .increment(1);
+                    return Some(());
+                }
+                Err(e) => {
+                    let delay = backoff.next(None);
+                    metrics::counter!("twinbridge_worker_downlinks_total", "outcome" => "retry")
+                        .increment(1);
+                    tracing::warn!(topic, error = %e, retry_in_ms = delay.as_millis() as u64, "downlink publish failed, retrying");
+                    tokio::select! {
+                        _ = self.lost.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// One shadow update with retries. `Some(Err)` can never succeed, `None` stop.

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod downlink;
 pub mod flow;
 pub mod manager;
 pub mod mapping;
@@ -83,6 +84,11 @@ pub fn settings(config: &Config) -> Settings {
         },
         writable_category: w.shadow.writable_category.clone(),
         echo_window: w.shadow.echo_window,
+        downlinks: w
+            .templates
+            .iter()
+            .filter_map(|t| Some((t.template.clone(), t.downlink_topic.clone()?)))
+            .collect(),
     }
 }
 
@@ -177,10 +183,29 @@ async fn run_as(
             "no device writer ([worker.shadow] enabled = false): property changes are dead-lettered"
         );
     }
+    // The downlink connection outlives the consumers' graceful stop.
+    let downlink_stop = CancellationToken::new();
+    let downlink: Option<Arc<dyn downlink::DownlinkSink>> = if cfg.downlink.enabled {
+        let client_id = cfg
+            .downlink
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{id}-downlink"));
+        Some(Arc::new(
+            downlink::MqttDownlink::start(&cfg.downlink, client_id, downlink_stop.clone())
+                .map_err(|e| WorkerError::Config {
+                    key: "worker.downlink",
+                    problem: e.to_string(),
+                })?,
+        ))
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         store: store.clone(),
         platform,
         devices,
+        downlink,
         echo: EchoGuard::default(),
         settings: settings(&config),
         breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_cooldown),
@@ -221,6 +246,7 @@ async fn run_as(
         })
     };
     let _ = manager.await;
+    downlink_stop.cancel();
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
 

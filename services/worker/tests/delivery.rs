@@ -17,7 +17,7 @@ use twinbridge_platform_sim::state::{PropertySeed, Seed, ThingSeed};
 use twinbridge_platform_sim::{Faults, RunningSim, SimOptions};
 use twinbridge_store::redis_store::{RedisStore, RedisStoreOptions};
 use twinbridge_store::{FleetStore, LeaseKey, StoreOptions};
-use twinbridge_test_support::{free_port, unique_prefix, MotoServer, RedisServer};
+use twinbridge_test_support::{free_port, unique_prefix, Mosquitto, MotoServer, RedisServer};
 
 const BOUND: &str = "AWSConnectorBound";
 const WRITABLE: &str = "AWSConnectorWritable";
@@ -728,6 +728,7 @@ async fn template_mappings_pick_values_by_json_pointer() {
         ]
         .into_iter()
         .collect(),
+        downlink_topic: None,
     }];
     let worker = start_with(c, &f, "w-templates");
     f.store
@@ -746,5 +747,77 @@ async fn template_mappings_pick_values_by_json_pointer() {
     assert_eq!(current(&f, "lora-1", "temp"), Some(json!(21.25)));
     assert_eq!(current(&f, "lora-1", "count"), Some(json!(17)));
     assert_eq!(current(&f, "lora-1", "state"), Some(json!("ok")));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn property_changes_of_a_downlink_template_are_published_to_its_topic() {
+    let f = fleet(&["lora-7", "plain-1"]).await;
+    let mosquitto = Mosquitto::start().await.unwrap();
+    let mut t = f.store.get_thing("lora-7").await.unwrap().unwrap();
+    t.template = Some("LoRaSensor".into());
+    f.store.put_things(&[t]).await.unwrap();
+
+    // A device listening on its downlink topic.
+    let mut opts = rumqttc::MqttOptions::new("test-device", "127.0.0.1", mosquitto.port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (device, mut events) = rumqttc::AsyncClient::new(opts, 16);
+    device
+        .subscribe("orbiwan/lorawan/+/downlink", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            match event {
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    let _ = tx.send(("suback".into(), Vec::new()));
+                }
+                _ => {}
+            }
+        }
+    });
+    let (first, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "suback");
+
+    let mut c = config(&f);
+    c.worker.downlink.enabled = true;
+    c.worker.downlink.port = mosquitto.port();
+    c.worker.templates = vec![TemplateMapping {
+        template: "LoRaSensor".into(),
+        properties: Default::default(),
+        downlink_topic: Some("orbiwan/lorawan/{thing}/downlink".into()),
+    }];
+    let worker = start_with(c, &f, "w-downlink");
+    f.store
+        .append(
+            f.shard,
+            &[
+                change("lora-7", 1, "setpoint", json!(12)),
+                change("lora-7", 2, "mode", json!("eco")),
+                // No downlink template and no shadow writer: kept as a dead letter.
+                change("plain-1", 3, "setpoint", json!(1)),
+            ],
+        )
+        .await
+        .unwrap();
+    let (topic, payload) = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("no downlink published")
+        .unwrap();
+    assert_eq!(topic, "orbiwan/lorawan/lora-7/downlink");
+    let body: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(body, json!({"setpoint": 12.0, "mode": "eco"}));
+    wait_drained(&f, Duration::from_secs(15)).await;
+    let letters = f.store.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1.reason.code, "no_device_writer");
+    assert_eq!(letters[0].1.envelope.thing, "plain-1");
     worker.stop().await;
 }

@@ -325,4 +325,45 @@ mod tests {
             .unwrap_err();
         assert_eq!(keys(&e), vec!["store.password_file".to_string()]);
     }
+
+    #[test]
+    fn worker_delivery_templates_and_downlink_problems_are_named() {
+        let f = file(
+            r#"
+[worker]
+batch_size = 0
+retry_initial = "2s"
+retry_max = "1s"
+
+[worker.shadow]
+access_key_id = "AKIA"
+
+[worker.downlink]
+cert_file = "/nonexistent/cert.pem"
+
+[[worker.templates]]
+template = ""
+properties = { temp = "decoded/t" }
+downlink_topic = "a/+/b"
+
+[router]
+thing_pointer = "device/id"
+"#,
+        );
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        let got = keys(&e);
+        for want in [
+            "worker.batch_size",
+            "worker.retry_max",
+            "worker.shadow.access_key_id",
+            "worker.downlink.cert_file",
+            "worker.downlink.ca_file",
+            "worker.templates[0].template",
+            "worker.templates[0].properties.temp",
+            "worker.templates[0].downlink_topic",
+            "router.thing_pointer",
+        ] {
+            assert!(got.iter().any(|k| k == want), "{want} missing from {got:?}");
+        }
+    }
 }

@@ -277,6 +277,8 @@ pub struct WorkerConfig {
     pub shadow: ShadowSettings,
     /// Per-template payload mappings (`[[worker.templates]]`).
     pub templates: Vec<TemplateMapping>,
+    /// Publishing property changes to downlink topics.
+    pub downlink: DownlinkSettings,
 }
 
 /// `[[worker.templates]]`: how payloads of Things of one ThingTemplate map onto properties.
@@ -288,6 +290,48 @@ pub struct TemplateMapping {
     /// Property name → JSON pointer into the payload (`/decoded/temp`). Payload keys that are
     /// property names still map by name.
     pub properties: BTreeMap<String, String>,
+    /// Property changes of these Things are published to this MQTT topic (`{thing}` is replaced)
+    /// through `[worker.downlink]` instead of written to their shadow.
+    pub downlink_topic: Option<String>,
+}
+
+/// `[worker.downlink]`: the MQTT broker downlink topics are published to (AWS IoT Core with mTLS,
+/// a Greengrass core, Mosquitto…).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DownlinkSettings {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// The MQTT client id; `<worker id>-downlink` when absent.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS: the CA to trust (enables TLS); with `cert_file` and `key_file`, mutual TLS as AWS IoT
+    /// Core requires.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// How long a publish may wait for the broker's PUBACK before it is retried.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DownlinkSettings {
+    fn default() -> Self {
+        DownlinkSettings {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[worker.shadow]`: property changes made in ThingWorx → `state.desired` of device shadows.
@@ -357,6 +401,7 @@ impl Default for WorkerConfig {
             presence: PresenceProperties::default(),
             shadow: ShadowSettings::default(),
             templates: Vec::new(),
+            downlink: DownlinkSettings::default(),
         }
     }
 }

@@ -276,6 +276,53 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
             }
         }
     }
+    let d = &c.worker.downlink;
+    if d.cert_file.is_some() != d.key_file.is_some() {
+        p.push(Problem::new(
+            "worker.downlink.cert_file",
+            "set both cert_file and key_file (mutual TLS), or neither",
+        ));
+    }
+    if d.cert_file.is_some() && d.ca_file.is_none() {
+        p.push(Problem::new(
+            "worker.downlink.ca_file",
+            "mutual TLS needs the CA to trust (ca_file)",
+        ));
+    }
+    for (key, file) in [
+        ("worker.downlink.ca_file", &d.ca_file),
+        ("worker.downlink.cert_file", &d.cert_file),
+        ("worker.downlink.key_file", &d.key_file),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                p.push(Problem::new(
+                    key,
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+        }
+    }
+    if d.enabled && d.port == 0 {
+        p.push(Problem::new("worker.downlink.port", "must be a TCP port"));
+    }
+    positive(&mut p, "worker.downlink.timeout", d.timeout);
+    for (i, t) in c.worker.templates.iter().enumerate() {
+        if let Some(topic) = &t.downlink_topic {
+            if topic.is_empty() || topic.contains(['+', '#']) {
+                p.push(Problem::new(
+                    format!("worker.templates[{i}].downlink_topic"),
+                    format!("`{topic}` must be a topic name without wildcards"),
+                ));
+            }
+            if !d.enabled {
+                p.push(Problem::new(
+                    format!("worker.templates[{i}].downlink_topic"),
+                    "needs [worker.downlink] enabled = true",
+                ));
+            }
+        }
+    }
     if let Some(id) = &c.worker.id {
         if id.is_empty() || id.contains(char::is_whitespace) {
             p.push(Problem::new(

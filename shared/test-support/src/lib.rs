@@ -525,6 +525,85 @@ impl Drop for MotoServer {
     }
 }
 
+/// A Mosquitto broker on a free loopback port (anonymous, no persistence), killed on drop.
+/// Found through `MOSQUITTO`, else `/usr/sbin/mosquitto`, else `PATH`.
+pub struct Mosquitto {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Result<Self> {
+        #[allow(clippy::disallowed_methods)] // test helpers locate binaries through the environment
+        let bin = std::env::var_os("MOSQUITTO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let sbin = PathBuf::from("/usr/sbin/mosquitto");
+                if sbin.is_file() {
+                    sbin
+                } else {
+                    PathBuf::from("mosquitto")
+                }
+            });
+        let mut last = anyhow!("mosquitto did not start");
+        for _ in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            )?;
+            let mut child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "starting {} (install mosquitto, or set MOSQUITTO)",
+                        bin.display()
+                    )
+                })?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    last = anyhow!("mosquitto exited at start: {status}");
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return Ok(Mosquitto {
+                        port,
+                        child,
+                        _dir: dir,
+                    });
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill().await;
+                    last = anyhow!("mosquitto on port {port} did not answer");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Err(last)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
