@@ -1,5 +1,5 @@
-//! The router: every message into the fleet (HTTP ingest and platform webhooks now; Kinesis and
-//! MQTT sources plug into the same path) becomes an envelope on its Thing's shard stream.
+//! The router: every message into the fleet (HTTP ingest, platform webhooks and MQTT now; the
+//! Kinesis source plugs into the same path) becomes an envelope on its Thing's shard stream.
 //!
 //! - [`classify`]: what a message is (presence, shadow document, telemetry) and which Thing it
 //!   belongs to (pure, unit-tested).
@@ -8,11 +8,13 @@
 //!   letters; a batch is confirmed only when every message is appended or dead-lettered.
 //! - [`http`]: `POST /v1/ingest/topics/{topic}`, `POST /v1/ingest`,
 //!   `POST /v1/platform/property-changes`.
+//! - [`mqtt`]: QoS 1 subscriptions on a persistent session, acknowledged after the append.
 #![forbid(unsafe_code)]
 
 pub mod classify;
 pub mod http;
 pub mod ingest;
+pub mod mqtt;
 pub mod routing;
 
 use std::sync::Arc;
@@ -128,6 +130,13 @@ async fn run_inner(
         .ingest_token
         .as_ref()
         .map(|t| t.expose().to_string());
+    let mqtt = config.router.mqtt.enabled.then(|| {
+        tokio::spawn(mqtt::run(
+            config.router.mqtt.clone(),
+            ingestor.clone(),
+            shutdown.clone(),
+        ))
+    });
     let _ = ingest_tx.send(http::router(
         ingestor,
         token,
@@ -135,6 +144,11 @@ async fn run_inner(
     ));
     health.ready("store");
     shutdown.cancelled().await;
+    if let Some(task) = mqtt {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %e, "MQTT source stopped with an error");
+        }
+    }
     let _ = http.await;
     tracing::info!("router stopped");
     Ok(())

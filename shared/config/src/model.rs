@@ -193,6 +193,60 @@ pub struct RouterConfig {
     pub refresh_interval: Duration,
     /// Most messages in one `POST /v1/ingest` request.
     pub max_batch_messages: usize,
+    /// The MQTT source.
+    pub mqtt: MqttSource,
+}
+
+/// `[router.mqtt]`: subscribe to device topics on a broker (AWS IoT Core over mutual TLS, a
+/// Greengrass core, Mosquitto…) with QoS 1 and a persistent session; a message is acknowledged to
+/// the broker only after it is appended to its shard stream (or dead-lettered).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSource {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// The MQTT client id. Keep it stable per router: the broker keeps the session (and what is
+    /// published while the router is away) under it.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// TLS: the CA to trust (enables TLS); with `cert_file` and `key_file`, mutual TLS.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Topic filters to subscribe to (QoS 1).
+    pub filters: Vec<String>,
+    /// Subscribe as `$share/<group>/<filter>` so that several routers split the messages.
+    pub shared_group: Option<String>,
+    /// Most messages appended as one batch.
+    pub batch_max: usize,
+    /// How long a batch waits to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_window: Duration,
+}
+
+impl Default for MqttSource {
+    fn default() -> Self {
+        MqttSource {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "twinbridge-router".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            filters: vec![
+                "things/+/telemetry".into(),
+                "$aws/events/presence/+/+".into(),
+            ],
+            shared_group: None,
+            batch_max: 500,
+            batch_window: Duration::from_millis(20),
+        }
+    }
 }
 
 /// `router.unknown_thing`.
@@ -221,6 +275,7 @@ impl Default for RouterConfig {
             unknown_thing: UnknownThingPolicy::DeadLetter,
             refresh_interval: Duration::from_millis(250),
             max_batch_messages: 1000,
+            mqtt: MqttSource::default(),
         }
     }
 }

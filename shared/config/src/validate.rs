@@ -175,6 +175,41 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
             ));
         }
     }
+    let m = &c.router.mqtt;
+    if m.enabled {
+        if m.filters.is_empty() {
+            p.push(Problem::new(
+                "router.mqtt.filters",
+                "name at least one topic filter",
+            ));
+        }
+        if m.client_id.trim().is_empty() {
+            p.push(Problem::new("router.mqtt.client_id", "must not be empty"));
+        }
+        if m.batch_max == 0 {
+            p.push(Problem::new("router.mqtt.batch_max", "must be at least 1"));
+        }
+    }
+    if m.cert_file.is_some() != m.key_file.is_some() {
+        p.push(Problem::new(
+            "router.mqtt.cert_file",
+            "set both cert_file and key_file (mutual TLS), or neither",
+        ));
+    }
+    for (key, file) in [
+        ("router.mqtt.ca_file", &m.ca_file),
+        ("router.mqtt.cert_file", &m.cert_file),
+        ("router.mqtt.key_file", &m.key_file),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                p.push(Problem::new(
+                    key,
+                    format!("{} is not a readable file", f.display()),
+                ));
+            }
+        }
+    }
     // worker
     if c.worker.max_shards == 0 {
         p.push(Problem::new("worker.max_shards", "must be at least 1"));
