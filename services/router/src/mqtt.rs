@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use twinbridge_aws::mqtt::{mqtt_options, MqttEndpoint};
 use twinbridge_config::MqttSource;
 use twinbridge_core::{Source, SourceKind};
 
@@ -19,30 +20,21 @@ use crate::ingest::{Inbound, Ingestor};
 pub struct MqttError(String);
 
 fn options(cfg: &MqttSource) -> Result<MqttOptions, MqttError> {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let password = cfg.password.as_ref().map(|p| p.expose().to_string());
+    let mut o = mqtt_options(&MqttEndpoint {
+        host: &cfg.host,
+        port: cfg.port,
+        client_id: &cfg.client_id,
+        username: cfg.username.as_deref(),
+        password: password.as_deref(),
+        ca_file: cfg.ca_file.as_deref(),
+        cert_file: cfg.cert_file.as_deref(),
+        key_file: cfg.key_file.as_deref(),
+    })
+    .map_err(MqttError)?;
     o.set_keep_alive(Duration::from_secs(60));
-    o.set_clean_session(false);
     o.set_manual_acks(true);
     o.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(
-            user.clone(),
-            cfg.password
-                .as_ref()
-                .map(|p| p.expose().to_string())
-                .unwrap_or_default(),
-        );
-    }
-    if let Some(ca) = &cfg.ca_file {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read(p).map_err(|e| MqttError(format!("{}: {e}", p.display())))
-        };
-        let client_auth = match (&cfg.cert_file, &cfg.key_file) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            _ => None,
-        };
-        o.set_transport(Transport::tls(read(ca)?, client_auth, None));
-    }
     Ok(o)
 }
 

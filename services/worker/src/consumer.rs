@@ -741,30 +741,14 @@ impl Consumer {
     ) -> Option<()> {
         let downlink = self.shared.downlink.as_ref()?;
         let payload = serde_json::to_vec(desired).unwrap_or_default();
-        let s = &self.shared.settings;
-        let mut backoff = Backoff::new(s.retry_initial, s.retry_max);
-        loop {
-            if self.lost.is_cancelled() {
-                return None;
-            }
-            match downlink.publish(topic, payload.clone()).await {
-                Ok(()) => {
-                    metrics::counter!("twinbridge_worker_downlinks_total", "outcome" => "ok")
-                        .increment(1);
-                    return Some(());
-                }
-                Err(e) => {
-                    let delay = backoff.next(None);
-                    metrics::counter!("twinbridge_worker_downlinks_total", "outcome" => "retry")
-                        .increment(1);
-                    tracing::warn!(topic, error = %e, retry_in_ms = delay.as_millis() as u64, "downlink publish failed, retrying");
-                    tokio::select! {
-                        _ = self.lost.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        self.retrying(
+            "twinbridge_worker_downlinks_total",
+            topic,
+            || downlink.publish(topic, payload.clone()),
+            |_: &String| false,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// One shadow update with retries. `Some(Err)` can never succeed, `None` stop.
@@ -774,33 +758,53 @@ impl Consumer {
         desired: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<Result<(), ShadowError>> {
         let devices = self.shared.devices.as_ref()?;
+        self.retrying(
+            "twinbridge_worker_shadow_updates_total",
+            thing,
+            || devices.update_desired(thing, desired),
+            |e: &ShadowError| {
+                matches!(
+                    e,
+                    ShadowError::NotFound { .. } | ShadowError::Rejected { .. }
+                )
+            },
+        )
+        .await
+    }
+
+    /// Calls `op` until it succeeds or fails for good (`fatal`), with jittered backoff, counting
+    /// outcomes in `metric`. `None`: the consumer must stop.
+    async fn retrying<E, F, Fut>(
+        &self,
+        metric: &'static str,
+        dest: &str,
+        mut op: F,
+        fatal: impl Fn(&E) -> bool,
+    ) -> Option<Result<(), E>>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
         let s = &self.shared.settings;
         let mut backoff = Backoff::new(s.retry_initial, s.retry_max);
         loop {
             if self.lost.is_cancelled() {
                 return None;
             }
-            match devices.update_desired(thing, desired).await {
+            match op().await {
                 Ok(()) => {
-                    metrics::counter!("twinbridge_worker_shadow_updates_total", "outcome" => "ok")
-                        .increment(1);
+                    metrics::counter!(metric, "outcome" => "ok").increment(1);
                     return Some(Ok(()));
                 }
-                Err(e)
-                    if matches!(
-                        e,
-                        ShadowError::NotFound { .. } | ShadowError::Rejected { .. }
-                    ) =>
-                {
-                    metrics::counter!("twinbridge_worker_shadow_updates_total", "outcome" => "rejected")
-                        .increment(1);
+                Err(e) if fatal(&e) => {
+                    metrics::counter!(metric, "outcome" => "rejected").increment(1);
                     return Some(Err(e));
                 }
                 Err(e) => {
                     let delay = backoff.next(None);
-                    metrics::counter!("twinbridge_worker_shadow_updates_total", "outcome" => "retry")
-                        .increment(1);
-                    tracing::warn!(thing, error = %e, retry_in_ms = delay.as_millis() as u64, "shadow update failed, retrying");
+                    metrics::counter!(metric, "outcome" => "retry").increment(1);
+                    tracing::warn!(dest, error = %e, retry_in_ms = delay.as_millis() as u64, "device write failed, retrying");
                     tokio::select! {
                         _ = self.lost.cancelled() => return None,
                         _ = tokio::time::sleep(delay) => {}

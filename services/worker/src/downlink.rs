@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use twinbridge_aws::mqtt::{mqtt_options, MqttEndpoint};
 use twinbridge_config::DownlinkSettings;
 
 /// Where downlink commands go.
@@ -48,30 +49,19 @@ impl MqttDownlink {
         client_id: String,
         shutdown: CancellationToken,
     ) -> Result<Self, DownlinkError> {
-        let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
-        options.set_keep_alive(Duration::from_secs(30));
         // A persistent session: what is in flight when the connection drops is sent again.
-        options.set_clean_session(false);
-        if let Some(user) = &settings.username {
-            options.set_credentials(
-                user.clone(),
-                settings
-                    .password
-                    .as_ref()
-                    .map(|p| p.expose().to_string())
-                    .unwrap_or_default(),
-            );
-        }
-        if let Some(ca) = &settings.ca_file {
-            let read = |p: &std::path::PathBuf| {
-                std::fs::read(p).map_err(|e| DownlinkError(format!("{}: {e}", p.display())))
-            };
-            let client_auth = match (&settings.cert_file, &settings.key_file) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                _ => None,
-            };
-            options.set_transport(Transport::tls(read(ca)?, client_auth, None));
-        }
+        let password = settings.password.as_ref().map(|p| p.expose().to_string());
+        let options = mqtt_options(&MqttEndpoint {
+            host: &settings.host,
+            port: settings.port,
+            client_id: &client_id,
+            username: settings.username.as_deref(),
+            password: password.as_deref(),
+            ca_file: settings.ca_file.as_deref(),
+            cert_file: settings.cert_file.as_deref(),
+            key_file: settings.key_file.as_deref(),
+        })
+        .map_err(DownlinkError)?;
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let waiters = Arc::new(Mutex::new(Waiters::default()));
         let w = waiters.clone();

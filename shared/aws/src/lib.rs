@@ -1,6 +1,9 @@
 //! AWS adapters: writing property changes to device shadows through the AWS IoT data plane
-//! (`UpdateThingShadow`, classic or named shadow), with errors sorted into what a worker can act on.
+//! (`UpdateThingShadow`, classic or named shadow), with errors sorted into what a worker can act on;
+//! MQTT connection options for AWS IoT Core and other brokers.
 #![forbid(unsafe_code)]
+
+pub mod mqtt;
 
 use std::time::Duration;
 

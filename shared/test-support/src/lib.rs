@@ -459,21 +459,9 @@ impl MotoServer {
                         bin.display()
                     )
                 })?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    last = anyhow!("moto_server exited at start: {status}");
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                    return Ok(MotoServer { port, child });
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill().await;
-                    last = anyhow!("moto_server on port {port} did not answer within 30 s");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            match wait_listening(&mut child, port, Duration::from_secs(30), "moto_server").await {
+                Ok(()) => return Ok(MotoServer { port, child }),
+                Err(e) => last = e,
             }
         }
         Err(last)
@@ -525,6 +513,25 @@ impl Drop for MotoServer {
     }
 }
 
+/// Waits until `port` accepts connections; kills `child` and fails if it exits or takes longer
+/// than `within`.
+async fn wait_listening(child: &mut Child, port: u16, within: Duration, what: &str) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start: {status}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill().await;
+            bail!("{what} on port {port} did not answer within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A Mosquitto broker on a free loopback port (anonymous, no persistence), killed on drop.
 /// Found through `MOSQUITTO`, else `/usr/sbin/mosquitto`, else `PATH`.
 pub struct Mosquitto {
@@ -569,25 +576,15 @@ impl Mosquitto {
                         bin.display()
                     )
                 })?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    last = anyhow!("mosquitto exited at start: {status}");
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            match wait_listening(&mut child, port, Duration::from_secs(10), "mosquitto").await {
+                Ok(()) => {
                     return Ok(Mosquitto {
                         port,
                         child,
                         _dir: dir,
-                    });
+                    })
                 }
-                if Instant::now() > deadline {
-                    let _ = child.kill().await;
-                    last = anyhow!("mosquitto on port {port} did not answer");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(e) => last = e,
             }
         }
         Err(last)
