@@ -5,10 +5,13 @@
 //! - Leadership: several replicas may run; the one holding the `scheduler-leader` role lease
 //!   syncs, the others wait to take over when its lease expires.
 //!
+//! - [`admin`]: the admin REST API (fleet, shards, workers, Things, sync, DLQ).
+//!
 //! Not built yet (issue 4): worker launchers, dead-worker hand-off beyond the workers' own lease
-//! takeover, and the admin REST API.
+//! takeover, move / drain / rebalance, the OpenAPI document.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod sync;
 
 use std::sync::Arc;
@@ -87,7 +90,19 @@ async fn run_inner(
     let listen = config.scheduler.listen;
     let health = Health::new();
     health.not_ready("store", "connecting");
-    let (addr, http) = spawn_http(listen, health.router(), shutdown.clone())
+    let admin = Arc::new(admin::Admin {
+        store: std::sync::OnceLock::new(),
+        platform: platform.clone(),
+        sync: sync_settings(&config),
+        token: config
+            .scheduler
+            .admin_token
+            .as_ref()
+            .map(|t| t.expose().to_string()),
+        syncing: tokio::sync::Mutex::new(()),
+    });
+    let app = health.router().merge(admin::router(admin.clone()));
+    let (addr, http) = spawn_http(listen, app, shutdown.clone())
         .await
         .map_err(|source| SchedulerError::Bind {
             addr: listen,
@@ -97,6 +112,7 @@ async fn run_inner(
     let Some(store) = open_with_retry(&store, &shutdown).await? else {
         return Ok(());
     };
+    let _ = admin.store.set(store.clone());
     health.ready("store");
     let me = format!(
         "scheduler-{}",
