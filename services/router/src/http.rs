@@ -62,18 +62,11 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 impl Api {
     /// `Some(401)` when the request lacks the configured token.
     fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
-        let token = self.token.as_ref()?;
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        (given != Some(token.as_str())).then(|| {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid `Authorization: Bearer <router.ingest_token>` header is required",
-            )
-        })
+        twinbridge_telemetry::auth::unauthorized(
+            headers,
+            self.token.as_deref(),
+            "router.ingest_token",
+        )
     }
 
     fn source(&self, kind: SourceKind, name: &str) -> Source {

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -65,18 +65,11 @@ impl Admin {
     }
 
     fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
-        let token = self.token.as_ref()?;
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        (given != Some(token.as_str())).then(|| {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid `Authorization: Bearer <scheduler.admin_token>` header is required",
-            )
-        })
+        twinbridge_telemetry::auth::unauthorized(
+            headers,
+            self.token.as_deref(),
+            "scheduler.admin_token",
+        )
     }
 }
 

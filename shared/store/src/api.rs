@@ -335,3 +335,46 @@ pub trait FleetStore: Send + Sync + 'static {
     /// Forgets a worker (its heartbeat) at once, e.g. on graceful stop.
     async fn remove_worker(&self, id: &WorkerId) -> StoreResult<()>;
 }
+
+// ---------------------------------------------------------------- helpers of the implementations
+
+/// A lease ttl in ms; zero is refused.
+pub(crate) fn ttl_ms(ttl: Duration) -> StoreResult<u64> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(StoreError::Invalid(
+            "lease ttl must be at least 1 ms".into(),
+        ));
+    }
+    Ok(ms)
+}
+
+/// The shard a shard lease is on; other leases are refused.
+pub(crate) fn shard_of(lease: &Lease) -> StoreResult<ShardId> {
+    match &lease.key {
+        LeaseKey::Shard(id) => Ok(*id),
+        other => Err(StoreError::Invalid(format!(
+            "a shard stream needs a shard lease, not a lease on {other}"
+        ))),
+    }
+}
+
+/// The Things of a `put_things` call, one per name: the last record of a name given twice wins,
+/// the order of first mention is kept. A Thing without a name is refused.
+pub(crate) fn unique_things(things: &[Thing]) -> StoreResult<Vec<&Thing>> {
+    let mut order: Vec<&Thing> = Vec::with_capacity(things.len());
+    let mut position: HashMap<&str, usize> = HashMap::with_capacity(things.len());
+    for thing in things {
+        if thing.name.is_empty() {
+            return Err(StoreError::Invalid("a Thing needs a name".into()));
+        }
+        match position.get(thing.name.as_str()) {
+            Some(&i) => order[i] = thing,
+            None => {
+                position.insert(thing.name.as_str(), order.len());
+                order.push(thing);
+            }
+        }
+    }
+    Ok(order)
+}

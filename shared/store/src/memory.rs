@@ -18,6 +18,7 @@ use twinbridge_core::{
     DeadLetter, Envelope, FencingToken, Shard, ShardId, Thing, ThingName, WorkerId, WorkerInfo,
 };
 
+use crate::api::{shard_of, ttl_ms, unique_things};
 use crate::api::{
     AssignmentChange, AssignmentChanges, AssignmentSnapshot, AssignmentVersion, EntryId,
     FleetStore, Lease, LeaseKey, ReplayOutcome, StoreResult, StreamEntry, StreamStats,
@@ -236,25 +237,6 @@ fn count_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn ttl_ms(ttl: Duration) -> StoreResult<u64> {
-    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    if ms == 0 {
-        return Err(StoreError::Invalid(
-            "lease ttl must be at least 1 ms".into(),
-        ));
-    }
-    Ok(ms)
-}
-
-fn shard_of(lease: &Lease) -> StoreResult<ShardId> {
-    match &lease.key {
-        LeaseKey::Shard(id) => Ok(*id),
-        other => Err(StoreError::Invalid(format!(
-            "a shard stream needs a shard lease, not a lease on {other}"
-        ))),
-    }
-}
-
 fn lease_of(key: &LeaseKey, record: &LeaseRecord) -> Lease {
     Lease {
         key: key.clone(),
@@ -373,21 +355,7 @@ impl FleetStore for MemoryStore {
     // ---------------------------------------------------------------- Things
 
     async fn put_things(&self, things: &[Thing]) -> StoreResult<AssignmentVersion> {
-        // The last record of a name given twice wins; order of first mention is kept.
-        let mut order: Vec<&Thing> = Vec::with_capacity(things.len());
-        let mut position: HashMap<&str, usize> = HashMap::with_capacity(things.len());
-        for thing in things {
-            if thing.name.is_empty() {
-                return Err(StoreError::Invalid("a Thing needs a name".into()));
-            }
-            match position.get(thing.name.as_str()) {
-                Some(&i) => order[i] = thing,
-                None => {
-                    position.insert(thing.name.as_str(), order.len());
-                    order.push(thing);
-                }
-            }
-        }
+        let order = unique_things(things)?;
 
         let mut state = self.lock();
         // Validate everything before changing anything.

@@ -41,6 +41,7 @@ use twinbridge_core::{
     ShardId, Source, SourceKind, Thing, ThingName, WorkerId, WorkerInfo,
 };
 
+use crate::api::{shard_of, ttl_ms, unique_things};
 use crate::api::{
     AssignmentChange, AssignmentChanges, AssignmentSnapshot, AssignmentVersion, EntryId,
     FleetStore, Lease, LeaseKey, ReplayOutcome, StoreResult, StreamEntry, StreamStats,
@@ -400,25 +401,6 @@ fn parse_entries(items: &[Value], key: &str) -> StoreResult<Vec<StreamEntry>> {
         });
     }
     Ok(out)
-}
-
-fn ttl_ms(ttl: Duration) -> StoreResult<u64> {
-    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    if ms == 0 {
-        return Err(StoreError::Invalid(
-            "lease ttl must be at least 1 ms".into(),
-        ));
-    }
-    Ok(ms)
-}
-
-fn shard_of(lease: &Lease) -> StoreResult<ShardId> {
-    match &lease.key {
-        LeaseKey::Shard(id) => Ok(*id),
-        other => Err(StoreError::Invalid(format!(
-            "a shard stream needs a shard lease, not a lease on {other}"
-        ))),
-    }
 }
 
 /// The error code of a script error raised as `TB_<CODE> detail`.
@@ -892,21 +874,7 @@ impl FleetStore for RedisStore {
     // ---------------------------------------------------------------- Things
 
     async fn put_things(&self, things: &[Thing]) -> StoreResult<AssignmentVersion> {
-        // The last record of a name given twice wins; order of first mention is kept.
-        let mut order: Vec<&Thing> = Vec::with_capacity(things.len());
-        let mut position: HashMap<&str, usize> = HashMap::with_capacity(things.len());
-        for thing in things {
-            if thing.name.is_empty() {
-                return Err(StoreError::Invalid("a Thing needs a name".into()));
-            }
-            match position.get(thing.name.as_str()) {
-                Some(&i) => order[i] = thing,
-                None => {
-                    position.insert(thing.name.as_str(), order.len());
-                    order.push(thing);
-                }
-            }
-        }
+        let order = unique_things(things)?;
         if order.len() > MAX_THINGS_PER_CALL {
             return Err(StoreError::Invalid(format!(
                 "{} Things in one call; at most {MAX_THINGS_PER_CALL}",
@@ -1278,28 +1246,9 @@ impl FleetStore for RedisStore {
                     if now >= deadline {
                         return Ok(Vec::new());
                     }
+                    // Then look again (fenced): entries appended meanwhile, or nothing
+                    // when the wait timed out.
                     self.wait_for_entry(&stream, &after, deadline - now).await?;
-                    if tokio::time::Instant::now() >= deadline {
-                        // One last look without waiting.
-                        let value: Value = self
-                            .inner
-                            .scripts
-                            .read
-                            .key(&lease_key)
-                            .key(&stream)
-                            .arg(&lease.owner)
-                            .arg(lease.token.0)
-                            .arg(count)
-                            .invoke_async(&mut self.conn())
-                            .await
-                            .map_err(|e| Self::fenced_err(lease, &stream, e))?;
-                        let items =
-                            as_array(value).ok_or_else(|| corrupt(&stream, "unexpected reply"))?;
-                        return match items.first().and_then(as_string).as_deref() {
-                            Some("E") => parse_new_entries(items.get(1), &stream),
-                            _ => Ok(Vec::new()),
-                        };
-                    }
                 }
                 _ => return Err(corrupt(&stream, "unexpected reply")),
             }

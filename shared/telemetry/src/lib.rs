@@ -2,6 +2,7 @@
 //! readiness endpoints, and shutdown on signals.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod health;
 pub mod logging;
 pub mod metrics_export;
