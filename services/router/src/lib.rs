@@ -1,5 +1,5 @@
-//! The router: every message into the fleet (HTTP ingest, platform webhooks and MQTT now; the
-//! Kinesis source plugs into the same path) becomes an envelope on its Thing's shard stream.
+//! The router: every message into the fleet (Kinesis, MQTT, HTTP ingest, platform webhooks)
+//! becomes an envelope on its Thing's shard stream.
 //!
 //! - [`classify`]: what a message is (presence, shadow document, telemetry) and which Thing it
 //!   belongs to (pure, unit-tested).
@@ -9,11 +9,14 @@
 //! - [`http`]: `POST /v1/ingest/topics/{topic}`, `POST /v1/ingest`,
 //!   `POST /v1/platform/property-changes`.
 //! - [`mqtt`]: QoS 1 subscriptions on a persistent session, acknowledged after the append.
+//! - [`kinesis`]: source-shard leases split among the routers, GetRecords, append, then a fenced
+//!   checkpoint; parents before children after resharding.
 #![forbid(unsafe_code)]
 
 pub mod classify;
 pub mod http;
 pub mod ingest;
+pub mod kinesis;
 pub mod mqtt;
 pub mod routing;
 
@@ -60,6 +63,21 @@ pub fn rules(config: &Config) -> Result<Rules, RouterError> {
     Ok(Rules {
         templates,
         thing_pointer: config.router.thing_pointer.clone(),
+    })
+}
+
+/// This router's id in source leases and groups: `router.id`, else `router-<host>-<random>`.
+pub fn router_id(config: &Config) -> String {
+    config.router.id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        format!(
+            "router-{host}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
     })
 }
 
@@ -137,6 +155,29 @@ async fn run_inner(
             shutdown.clone(),
         ))
     });
+    let kinesis = if config.router.kinesis.enabled {
+        let k = &config.router.kinesis;
+        let reader = twinbridge_aws::kinesis::KinesisReader::new(
+            &twinbridge_aws::AwsAccess {
+                region: k.region.clone(),
+                endpoint: k.endpoint.clone(),
+                access_key_id: k.access_key_id.clone(),
+                secret_access_key: k.secret_access_key.as_ref().map(|s| s.expose().to_string()),
+                timeout: k.timeout,
+            },
+            &k.stream,
+        )
+        .await;
+        Some(tokio::spawn(kinesis::run(
+            k.clone(),
+            reader,
+            ingestor.clone(),
+            router_id(&config),
+            shutdown.clone(),
+        )))
+    } else {
+        None
+    };
     let _ = ingest_tx.send(http::router(
         ingestor,
         token,
@@ -147,6 +188,11 @@ async fn run_inner(
     if let Some(task) = mqtt {
         if let Ok(Err(e)) = task.await {
             tracing::warn!(error = %e, "MQTT source stopped with an error");
+        }
+    }
+    if let Some(task) = kinesis {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %e, "Kinesis source stopped with an error");
         }
     }
     let _ = http.await;

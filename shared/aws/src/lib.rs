@@ -3,6 +3,7 @@
 //! MQTT connection options for AWS IoT Core and other brokers.
 #![forbid(unsafe_code)]
 
+pub mod kinesis;
 pub mod mqtt;
 
 use std::time::Duration;
@@ -14,6 +15,54 @@ use aws_sdk_iotdataplane::error::SdkError;
 use aws_sdk_iotdataplane::operation::update_thing_shadow::UpdateThingShadowError;
 use aws_sdk_iotdataplane::primitives::Blob;
 use serde_json::{Map, Value};
+
+/// How to reach an AWS service: region, endpoint override, credentials, per-call timeout.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsAccess {
+    pub region: String,
+    /// An endpoint override (VPC endpoint, test stand-in); the SDK's default when absent.
+    pub endpoint: Option<String>,
+    /// Static credentials; the default provider chain (env, profile, IMDS, ECS/EKS roles) when
+    /// absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for AwsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsAccess")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The SDK configuration for `access` (no network call).
+pub async fn sdk_config(access: &AwsAccess) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(access.region.clone()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(access.timeout)
+                .build(),
+        );
+    if let (Some(id), Some(secret)) = (&access.access_key_id, &access.secret_access_key) {
+        loader =
+            loader.credentials_provider(Credentials::from_keys(id.clone(), secret.clone(), None));
+    }
+    if let Some(endpoint) = &access.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    loader.load().await
+}
 
 /// How to reach the AWS IoT data plane.
 #[derive(Clone, PartialEq, Eq)]
@@ -100,24 +149,14 @@ pub fn desired_document(desired: &Map<String, Value>) -> Value {
 impl ShadowWriter {
     /// Builds the client (no network call yet).
     pub async fn new(config: &ShadowConfig) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(config.timeout)
-                    .build(),
-            );
-        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::from_keys(
-                id.clone(),
-                secret.clone(),
-                None,
-            ));
-        }
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let shared = loader.load().await;
+        let shared = sdk_config(&AwsAccess {
+            region: config.region.clone(),
+            endpoint: config.endpoint.clone(),
+            access_key_id: config.access_key_id.clone(),
+            secret_access_key: config.secret_access_key.clone(),
+            timeout: config.timeout,
+        })
+        .await;
         ShadowWriter {
             client: aws_sdk_iotdataplane::Client::new(&shared),
             shadow_name: config.shadow_name.clone(),

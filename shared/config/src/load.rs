@@ -318,6 +318,42 @@ mod tests {
     }
 
     #[test]
+    fn kinesis_source_problems_are_named() {
+        let e = Loader::new()
+            .set("router.kinesis.enabled", "true")
+            .set("router.kinesis.max_records", "20000")
+            .set("router.kinesis.start", "at-timestamp")
+            .set("router.kinesis.access_key_id", "AKIA")
+            .load()
+            .unwrap_err();
+        let mut got = keys(&e);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "router.kinesis.access_key_id".to_string(),
+                "router.kinesis.max_records".to_string(),
+                "router.kinesis.start_timestamp".to_string(),
+                "router.kinesis.stream".to_string(),
+            ]
+        );
+        let e = Loader::new()
+            .set("router.kinesis.enabled", "true")
+            .set("router.kinesis.stream", "iot")
+            .set("router.kinesis.start_timestamp", "yesterday")
+            .load()
+            .unwrap_err();
+        assert_eq!(keys(&e), vec!["router.kinesis.start_timestamp".to_string()]);
+        let c = Loader::new()
+            .set("router.kinesis.enabled", "true")
+            .set("router.kinesis.stream", "iot")
+            .set("router.kinesis.start", "latest")
+            .load()
+            .unwrap();
+        assert_eq!(c.router.kinesis.start, crate::KinesisStart::Latest);
+    }
+
+    #[test]
     fn unreadable_secret_file_is_named() {
         let e = Loader::new()
             .set("store.password_file", "/nonexistent/pw")

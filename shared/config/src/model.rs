@@ -173,6 +173,8 @@ impl Default for SchedulerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
+    /// This router's id in source leases; generated (`router-<host>-<random>`) when absent.
+    pub id: Option<String>,
     /// Address of the ingest API and health endpoints.
     pub listen: SocketAddr,
     /// Bearer token the HTTP ingest and webhook endpoints require.
@@ -195,6 +197,81 @@ pub struct RouterConfig {
     pub max_batch_messages: usize,
     /// The MQTT source.
     pub mqtt: MqttSource,
+    /// The Kinesis source.
+    pub kinesis: KinesisSource,
+}
+
+/// `[router.kinesis]`: read a Kinesis data stream (fed by AWS IoT rules). Routers split the
+/// stream's shards through leases in the store, checkpoint each shard's sequence number after the
+/// append, read a parent shard to its end before its children, and take over a dead router's shards
+/// after `lease_ttl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KinesisSource {
+    pub enabled: bool,
+    /// The stream name.
+    pub stream: String,
+    pub region: String,
+    /// An endpoint override (a VPC endpoint, or a stand-in for tests); the SDK default when absent.
+    pub endpoint: Option<String>,
+    /// Static credentials; the AWS default chain (env, profile, ECS/EKS role, IMDS) when absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Where a shard without a checkpoint starts: `trim-horizon`, `latest` or `at-timestamp`.
+    /// Shards born from resharding always start at their beginning.
+    pub start: KinesisStart,
+    /// RFC 3339 time for `start = "at-timestamp"`.
+    pub start_timestamp: Option<String>,
+    /// Most records per GetRecords call (≤ 10 000).
+    pub max_records: u32,
+    /// Pause between calls on a shard that is caught up.
+    #[serde(with = "humantime_serde")]
+    pub idle_poll: Duration,
+    /// Source-shard lease time to live: a dead router's shards move after at most this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the shard list, the routers' membership and the balance are refreshed.
+    #[serde(with = "humantime_serde")]
+    pub shard_sync_interval: Duration,
+    /// A JSON pointer to the MQTT topic inside the record (an IoT rule's `topic() AS topic`), so
+    /// topic templates and presence topics apply.
+    pub topic_pointer: Option<String>,
+    /// Per-call timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// `router.kinesis.start`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KinesisStart {
+    #[default]
+    TrimHorizon,
+    Latest,
+    AtTimestamp,
+}
+
+impl Default for KinesisSource {
+    fn default() -> Self {
+        KinesisSource {
+            enabled: false,
+            stream: String::new(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
+            secret_access_key_file: None,
+            start: KinesisStart::TrimHorizon,
+            start_timestamp: None,
+            max_records: 1000,
+            idle_poll: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(10),
+            shard_sync_interval: Duration::from_secs(10),
+            topic_pointer: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[router.mqtt]`: subscribe to device topics on a broker (AWS IoT Core over mutual TLS, a
@@ -263,6 +340,7 @@ pub enum UnknownThingPolicy {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
+            id: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             ingest_token: None,
             ingest_token_file: None,
@@ -276,6 +354,7 @@ impl Default for RouterConfig {
             refresh_interval: Duration::from_millis(250),
             max_batch_messages: 1000,
             mqtt: MqttSource::default(),
+            kinesis: KinesisSource::default(),
         }
     }
 }

@@ -210,6 +210,7 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
             }
         }
     }
+    validate_kinesis(&mut p, &mut c.router.kinesis);
     // worker
     if c.worker.max_shards == 0 {
         p.push(Problem::new("worker.max_shards", "must be at least 1"));
@@ -421,6 +422,76 @@ impl Config {
         let mut c = self.clone();
         c.store.urls = c.store.urls.iter().map(|u| redact_url(u)).collect();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn validate_kinesis(p: &mut Vec<Problem>, k: &mut crate::model::KinesisSource) {
+    resolve_secret(
+        p,
+        "router.kinesis.secret_access_key",
+        &mut k.secret_access_key,
+        k.secret_access_key_file.as_deref(),
+    );
+    if k.access_key_id.is_some() != k.secret_access_key.is_some() {
+        p.push(Problem::new(
+            "router.kinesis.access_key_id",
+            "set both access_key_id and secret_access_key (or _file), or neither",
+        ));
+    }
+    if !k.enabled {
+        return;
+    }
+    if k.stream.trim().is_empty() {
+        p.push(Problem::new(
+            "router.kinesis.stream",
+            "name the Kinesis stream to read",
+        ));
+    }
+    if k.region.trim().is_empty() {
+        p.push(Problem::new(
+            "router.kinesis.region",
+            "must name an AWS region",
+        ));
+    }
+    if !(1..=10_000).contains(&k.max_records) {
+        p.push(Problem::new(
+            "router.kinesis.max_records",
+            format!(
+                "{} is outside 1..=10000 (the GetRecords limit)",
+                k.max_records
+            ),
+        ));
+    }
+    positive(p, "router.kinesis.lease_ttl", k.lease_ttl);
+    positive(
+        p,
+        "router.kinesis.shard_sync_interval",
+        k.shard_sync_interval,
+    );
+    positive(p, "router.kinesis.timeout", k.timeout);
+    match (k.start, &k.start_timestamp) {
+        (crate::model::KinesisStart::AtTimestamp, None) => p.push(Problem::new(
+            "router.kinesis.start_timestamp",
+            "start = \"at-timestamp\" needs an RFC 3339 start_timestamp",
+        )),
+        (_, Some(ts))
+            if time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                .is_err() =>
+        {
+            p.push(Problem::new(
+                "router.kinesis.start_timestamp",
+                format!("`{ts}` is not an RFC 3339 time (e.g. 2026-11-24T08:00:00Z)"),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(ptr) = &k.topic_pointer {
+        if !ptr.starts_with('/') {
+            p.push(Problem::new(
+                "router.kinesis.topic_pointer",
+                format!("`{ptr}` is not a JSON pointer (it must start with `/`)"),
+            ));
+        }
     }
 }
 

@@ -334,6 +334,20 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// Forgets a worker (its heartbeat) at once, e.g. on graceful stop.
     async fn remove_worker(&self, id: &WorkerId) -> StoreResult<()>;
+
+    // ---------------------------------------------------------------- groups
+
+    /// Records that `member` of `group` (e.g. the routers reading one Kinesis stream) is alive
+    /// for `ttl` from now, and returns the group's live members, sorted (including `member`).
+    async fn group_heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Removes `member` from `group` at once (graceful stop).
+    async fn group_leave(&self, group: &str, member: &str) -> StoreResult<()>;
 }
 
 // ---------------------------------------------------------------- helpers of the implementations

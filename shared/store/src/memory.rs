@@ -131,6 +131,8 @@ struct State {
     dlq: BTreeMap<Id, DeadLetter>,
     dlq_last_id: Id,
     workers: BTreeMap<WorkerId, Heartbeat>,
+    /// group → member → expiry (epoch ms).
+    groups: HashMap<String, BTreeMap<String, u64>>,
 }
 
 impl State {
@@ -151,6 +153,7 @@ impl State {
             dlq: BTreeMap::new(),
             dlq_last_id: (0, 0),
             workers: BTreeMap::new(),
+            groups: HashMap::new(),
         }
     }
 
@@ -893,6 +896,30 @@ impl FleetStore for MemoryStore {
 
     async fn remove_worker(&self, id: &WorkerId) -> StoreResult<()> {
         self.lock().workers.remove(id);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- groups
+
+    async fn group_heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>> {
+        let ttl = ttl_ms(ttl)?;
+        let now = now_ms();
+        let mut state = self.lock();
+        let members = state.groups.entry(group.to_string()).or_default();
+        members.retain(|_, exp| *exp > now);
+        members.insert(member.to_string(), now.saturating_add(ttl));
+        Ok(members.keys().cloned().collect())
+    }
+
+    async fn group_leave(&self, group: &str, member: &str) -> StoreResult<()> {
+        if let Some(members) = self.lock().groups.get_mut(group) {
+            members.remove(member);
+        }
         Ok(())
     }
 }

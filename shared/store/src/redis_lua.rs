@@ -445,6 +445,20 @@ return out
     )
 }
 
+/// KEYS: the group's zset (member → expiry). ARGV: member, ttl ms. Joins (or renews) and
+/// returns the live members.
+pub fn group_heartbeat() -> String {
+    with_prelude(
+        r#"
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"#,
+    )
+}
+
 /// KEYS: `{P}:dlq`. Deletes the whole DLQ and returns how many letters it held.
 pub fn purge_all() -> String {
     r#"

@@ -197,6 +197,7 @@ struct Scripts {
     heartbeat: Script,
     list_workers: Script,
     purge_all: Script,
+    group_heartbeat: Script,
 }
 
 impl Scripts {
@@ -220,6 +221,7 @@ impl Scripts {
             heartbeat: Script::new(&lua::heartbeat()),
             list_workers: Script::new(&lua::list_workers()),
             purge_all: Script::new(&lua::purge_all()),
+            group_heartbeat: Script::new(&lua::group_heartbeat()),
         }
     }
 }
@@ -1570,6 +1572,40 @@ impl FleetStore for RedisStore {
             .arg(id.as_str())
             .ignore();
         pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))
+    }
+
+    // ---------------------------------------------------------------- groups
+
+    async fn group_heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> StoreResult<Vec<String>> {
+        let ttl = ttl_ms(ttl)?;
+        let key = self.reg(&format!("group:{group}"));
+        let mut members: Vec<String> = self
+            .inner
+            .scripts
+            .group_heartbeat
+            .key(&key)
+            .arg(member)
+            .arg(ttl)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))?;
+        members.sort();
+        Ok(members)
+    }
+
+    async fn group_leave(&self, group: &str, member: &str) -> StoreResult<()> {
+        let key = self.reg(&format!("group:{group}"));
+        redis::cmd("ZREM")
+            .arg(&key)
+            .arg(member)
+            .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| store_err(e, &key))
     }

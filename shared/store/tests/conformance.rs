@@ -108,6 +108,7 @@ fn all_checks() -> Vec<Check> {
         check!(checkpoints_fenced),
         check!(dead_letters_list_replay_purge),
         check!(workers_heartbeat_expire_remove),
+        check!(groups_heartbeat_expire_leave),
     ]
 }
 

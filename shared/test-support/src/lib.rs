@@ -513,6 +513,77 @@ impl Drop for MotoServer {
     }
 }
 
+/// kinesalite (the Kinesis stand-in that reshards faithfully) on a free loopback port, killed on
+/// drop. Found through `KINESALITE_DIR` (a directory holding `node_modules/kinesalite`), else the
+/// one `scripts/ensure-deps` makes (`$XDG_CACHE_HOME` or `~/.cache`, then `twinbridge/node`).
+pub struct Kinesalite {
+    port: u16,
+    child: Child,
+}
+
+fn kinesalite_dir() -> PathBuf {
+    #[allow(clippy::disallowed_methods)] // test helpers locate binaries through the environment
+    let (configured, cache, home) = (
+        std::env::var_os("KINESALITE_DIR"),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    );
+    if let Some(p) = configured {
+        return PathBuf::from(p);
+    }
+    cache
+        .map(PathBuf::from)
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("twinbridge/node")
+}
+
+impl Kinesalite {
+    pub async fn start() -> Result<Self> {
+        let dir = kinesalite_dir();
+        if !dir.join("node_modules/kinesalite").is_dir() {
+            bail!(
+                "kinesalite is not installed in {} (run scripts/ensure-deps, or set KINESALITE_DIR)",
+                dir.display()
+            );
+        }
+        let mut last = anyhow!("kinesalite did not start");
+        for _ in 0..3 {
+            let port = free_port();
+            let script = format!(
+                "require('kinesalite')({{createStreamMs:50,deleteStreamMs:50,updateStreamMs:50,\
+                 shardLimit:100}}).listen({port},'127.0.0.1')"
+            );
+            let mut child = Command::new("node")
+                .arg("-e")
+                .arg(&script)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting node (run scripts/ensure-deps)")?;
+            match wait_listening(&mut child, port, Duration::from_secs(20), "kinesalite").await {
+                Ok(()) => return Ok(Kinesalite { port, child }),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// `http://127.0.0.1:<port>`: the Kinesis endpoint override in tests.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Kinesalite {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
 /// Waits until `port` accepts connections; kills `child` and fails if it exits or takes longer
 /// than `within`.
 async fn wait_listening(child: &mut Child, port: u16, within: Duration, what: &str) -> Result<()> {

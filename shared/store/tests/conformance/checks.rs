@@ -1345,3 +1345,30 @@ pub async fn workers_heartbeat_expire_remove(store: Store) -> Result<()> {
     ensure!(ids == ["w-b"], "removed: {ids:?}");
     Ok(())
 }
+
+pub async fn groups_heartbeat_expire_leave(store: Store) -> Result<()> {
+    let m = store.group_heartbeat("kinesis:s", "r-b", LONG_TTL).await?;
+    ensure!(m == ["r-b"], "the first member sees itself: {m:?}");
+    store
+        .group_heartbeat("kinesis:s", "r-short", SHORT_TTL)
+        .await?;
+    let m = store.group_heartbeat("kinesis:s", "r-a", LONG_TTL).await?;
+    ensure!(m == ["r-a", "r-b", "r-short"], "sorted live members: {m:?}");
+    let other = store.group_heartbeat("kinesis:t", "r-x", LONG_TTL).await?;
+    ensure!(other == ["r-x"], "groups are separate: {other:?}");
+    tokio::time::sleep(SHORT_TTL + Duration::from_millis(150)).await;
+    let m = store.group_heartbeat("kinesis:s", "r-a", LONG_TTL).await?;
+    ensure!(m == ["r-a", "r-b"], "the short member expired: {m:?}");
+    store.group_leave("kinesis:s", "r-b").await?;
+    store.group_leave("kinesis:s", "never-joined").await?;
+    let m = store.group_heartbeat("kinesis:s", "r-a", LONG_TTL).await?;
+    ensure!(m == ["r-a"], "left: {m:?}");
+    ensure!(
+        store
+            .group_heartbeat("kinesis:s", "r-a", Duration::ZERO)
+            .await
+            .is_err(),
+        "a zero ttl is refused"
+    );
+    Ok(())
+}
