@@ -129,7 +129,10 @@ async fn run(redis: &RedisServer, things: usize) -> Run {
     for id in &ids {
         appended += store.stream_stats(*id).await.unwrap().length;
     }
-    assert_eq!(appended as usize, MESSAGES, "every message is in a shard stream");
+    assert_eq!(
+        appended as usize, MESSAGES,
+        "every message is in a shard stream"
+    );
     assert_eq!(store.dead_letter_count().await.unwrap(), 0);
     Run {
         things,

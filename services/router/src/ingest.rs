@@ -20,6 +20,8 @@ use crate::routing::Routes;
 pub enum UnknownThing {
     DeadLetter,
     Drop,
+    /// Held in the DLQ as `awaiting_provisioning` until the scheduler creates and assigns the Thing.
+    Provision,
 }
 
 /// One message as a source hands it over.
@@ -164,6 +166,17 @@ impl Ingestor {
                     );
                     match self.unknown {
                         UnknownThing::DeadLetter => {
+                            dead.push(letter(m, &thing, kind, &r));
+                            outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
+                        }
+                        UnknownThing::Provision => {
+                            let r = Rejection::new(
+                                "awaiting_provisioning",
+                                format!(
+                                    "Thing `{thing}` is not in the fleet registry; held until the \
+                                     scheduler provisions it"
+                                ),
+                            );
                             dead.push(letter(m, &thing, kind, &r));
                             outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
                         }

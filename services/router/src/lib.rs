@@ -141,6 +141,7 @@ async fn run_inner(
         unknown: match config.router.unknown_thing {
             UnknownThingPolicy::DeadLetter => UnknownThing::DeadLetter,
             UnknownThingPolicy::Drop => UnknownThing::Drop,
+            UnknownThingPolicy::Provision => UnknownThing::Provision,
         },
     });
     let token = config

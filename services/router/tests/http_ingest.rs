@@ -35,6 +35,10 @@ fn thing(name: &str, shard: ShardId) -> Thing {
 }
 
 async fn router(token: Option<&str>) -> Router {
+    router_with(token, |_| {}).await
+}
+
+async fn router_with(token: Option<&str>, tweak: impl FnOnce(&mut Config)) -> Router {
     let redis = RedisServer::start().await.unwrap();
     let options = RedisStoreOptions {
         urls: vec![redis.url()],
@@ -56,6 +60,7 @@ async fn router(token: Option<&str>) -> Router {
     config.router.refresh_interval = Duration::from_millis(50);
     config.router.thing_pointer = Some("/device/id".into());
     config.router.ingest_token = token.map(Secret::new);
+    tweak(&mut config);
     let base = format!("http://{}", config.router.listen);
     let shutdown = CancellationToken::new();
     tokio::spawn(twinbridge_router::run(
@@ -424,4 +429,25 @@ async fn a_store_outage_is_a_503_and_nothing_is_confirmed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn unknown_devices_are_held_for_provisioning_when_configured() {
+    let r = router_with(None, |c| {
+        c.router.unknown_thing = twinbridge_config::UnknownThingPolicy::Provision;
+    })
+    .await;
+    let (status, body) = r
+        .post(
+            "/v1/ingest/topics/things/new-pump/telemetry",
+            r#"{"seq":1}"#,
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(body["outcome"], "dead_lettered");
+    assert_eq!(body["reason"], "awaiting_provisioning");
+    let letters = r.store.list_dead_letters(None, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1.envelope.thing, "new-pump");
+    assert_eq!(letters[0].1.envelope.payload.as_bytes(), br#"{"seq":1}"#);
 }

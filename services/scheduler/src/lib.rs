@@ -6,12 +6,14 @@
 //!   syncs, the others wait to take over when its lease expires.
 //!
 //! - [`admin`]: the admin REST API (fleet, shards, workers, Things, sync, DLQ).
+//! - [`provision`]: auto-provisioning of devices the fleet does not know (off by default).
 //!
 //! Not built yet (issue 4): worker launchers, dead-worker hand-off beyond the workers' own lease
 //! takeover, move / drain / rebalance, the OpenAPI document.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod provision;
 pub mod sync;
 
 use std::sync::Arc;
@@ -124,6 +126,11 @@ async fn run_inner(
         &sync_settings(&config),
         &me,
         config.scheduler.discovery_interval,
+        config
+            .scheduler
+            .auto_provision
+            .enabled
+            .then_some(&config.scheduler.auto_provision),
         &shutdown,
     )
     .await;
@@ -139,12 +146,14 @@ async fn lead(
     settings: &SyncSettings,
     me: &str,
     interval: Duration,
+    provision: Option<&twinbridge_config::AutoProvision>,
     shutdown: &CancellationToken,
 ) {
     let ttl = Duration::from_secs(10);
     let key = LeaseKey::Role(LEADER_ROLE.into());
     let mut lease: Option<Lease> = None;
     let mut next_sync = tokio::time::Instant::now();
+    let mut next_provision = tokio::time::Instant::now();
     loop {
         lease = match lease.take() {
             Some(l) => match store.renew_lease(&l, ttl).await {
@@ -175,9 +184,18 @@ async fn lead(
             }
             next_sync = tokio::time::Instant::now() + interval;
         }
+        if let (Some(_), Some(cfg)) = (&lease, provision) {
+            if tokio::time::Instant::now() >= next_provision {
+                if let Err(e) = provision::provision_round(platform, store, settings, cfg).await {
+                    tracing::warn!(error = %e, "auto-provisioning failed; retrying next round");
+                }
+                next_provision = tokio::time::Instant::now() + cfg.interval;
+            }
+        }
+        let tick = provision.map_or(ttl / 3, |p| p.interval.min(ttl / 3));
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
     }
     if let Some(l) = lease {

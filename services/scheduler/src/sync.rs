@@ -51,27 +51,18 @@ pub enum SyncError {
 const CHUNK: usize = 1_000;
 
 /// Runs one discovery + assignment pass.
-pub async fn sync_once(
+type Read = Result<(PropertyModel, Option<String>), PlatformError>;
+
+/// Reads the property model (and template, when templates are used) of each named Thing,
+/// `settings.concurrency` requests in flight.
+async fn read_models(
     platform: &PlatformClient,
-    store: &dyn FleetStore,
+    names: &[String],
     settings: &SyncSettings,
-) -> Result<SyncReport, SyncError> {
-    let started = std::time::Instant::now();
-    let names = platform
-        .list_things_by_tag(&settings.tag, settings.max_things, None)
-        .await
-        .map_err(|source| SyncError::List {
-            tag: settings.tag.clone(),
-            source,
-        })?;
-    let mut report = SyncReport {
-        discovered: names.len(),
-        ..SyncReport::default()
-    };
+) -> Vec<(String, Read)> {
     let categories: Vec<&str> = settings.categories.iter().map(String::as_str).collect();
-    type Read = Result<(PropertyModel, Option<String>), PlatformError>;
     let read_templates = settings.read_templates;
-    let models: Vec<(String, Read)> = futures::stream::iter(names.iter().cloned())
+    futures::stream::iter(names.iter().cloned())
         .map(|name| {
             let categories = categories.clone();
             async move {
@@ -90,7 +81,103 @@ pub async fn sync_once(
         })
         .buffer_unordered(settings.concurrency.max(1))
         .collect()
-        .await;
+        .await
+}
+
+/// Places new Things into spare capacity, in shard order, then into new shards.
+async fn place_new(
+    store: &dyn FleetStore,
+    new: Vec<(String, PropertyModel, Option<String>)>,
+    settings: &SyncSettings,
+    report: &mut SyncReport,
+    out: &mut Vec<Thing>,
+) -> Result<(), SyncError> {
+    let mut spare: Vec<(ShardId, u32)> = store
+        .list_shards()
+        .await?
+        .into_iter()
+        .filter(|s| !s.draining)
+        .map(|s| (s.id, s.spare()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let mut slot = 0;
+    for (name, model, template) in new {
+        while slot < spare.len() && spare[slot].1 == 0 {
+            slot += 1;
+        }
+        if slot == spare.len() {
+            let shard = store.create_shard(settings.shard_capacity).await?;
+            report.shards_created += 1;
+            spare.push((shard.id, shard.capacity));
+        }
+        spare[slot].1 -= 1;
+        report.added += 1;
+        out.push(Thing {
+            name,
+            shard: spare[slot].0,
+            model,
+            model_version: 1,
+            template,
+        });
+    }
+    Ok(())
+}
+
+/// Reads and assigns the named Things that the fleet does not know yet (auto-provisioning: a
+/// Thing just created in the platform). Things already assigned are left alone; one that cannot
+/// be read is reported in `failed`.
+pub async fn assign_named(
+    platform: &PlatformClient,
+    store: &dyn FleetStore,
+    settings: &SyncSettings,
+    names: &[String],
+) -> Result<SyncReport, SyncError> {
+    let known = store.get_things(names).await?;
+    let unknown: Vec<String> = names
+        .iter()
+        .zip(known)
+        .filter(|(_, k)| k.is_none())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut report = SyncReport {
+        discovered: unknown.len(),
+        unchanged: names.len() - unknown.len(),
+        ..SyncReport::default()
+    };
+    let mut new = Vec::new();
+    for (name, read) in read_models(platform, &unknown, settings).await {
+        match read {
+            Ok((model, template)) => new.push((name, model, template)),
+            Err(e) => report.failed.push((name, e.to_string())),
+        }
+    }
+    new.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut things = Vec::new();
+    place_new(store, new, settings, &mut report, &mut things).await?;
+    for chunk in things.chunks(CHUNK) {
+        report.version = store.put_things(chunk).await?.0;
+    }
+    Ok(report)
+}
+
+pub async fn sync_once(
+    platform: &PlatformClient,
+    store: &dyn FleetStore,
+    settings: &SyncSettings,
+) -> Result<SyncReport, SyncError> {
+    let started = std::time::Instant::now();
+    let names = platform
+        .list_things_by_tag(&settings.tag, settings.max_things, None)
+        .await
+        .map_err(|source| SyncError::List {
+            tag: settings.tag.clone(),
+            source,
+        })?;
+    let mut report = SyncReport {
+        discovered: names.len(),
+        ..SyncReport::default()
+    };
+    let models = read_models(platform, &names, settings).await;
 
     let existing: HashMap<String, Thing> = store
         .list_things()
@@ -110,7 +197,7 @@ pub async fn sync_once(
             }
         };
         // Without template reads, keep what is known.
-        let template = if read_templates {
+        let template = if settings.read_templates {
             template
         } else {
             existing.get(&name).and_then(|t| t.template.clone())
@@ -143,35 +230,7 @@ pub async fn sync_once(
         report.version = store.remove_things(chunk).await?.0;
     }
 
-    // Place new Things into spare capacity, in shard order, then into new shards.
-    let mut spare: Vec<(ShardId, u32)> = store
-        .list_shards()
-        .await?
-        .into_iter()
-        .filter(|s| !s.draining)
-        .map(|s| (s.id, s.spare()))
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    let mut slot = 0;
-    for (name, model, template) in new {
-        while slot < spare.len() && spare[slot].1 == 0 {
-            slot += 1;
-        }
-        if slot == spare.len() {
-            let shard = store.create_shard(settings.shard_capacity).await?;
-            report.shards_created += 1;
-            spare.push((shard.id, shard.capacity));
-        }
-        spare[slot].1 -= 1;
-        report.added += 1;
-        changed.push(Thing {
-            name,
-            shard: spare[slot].0,
-            model,
-            model_version: 1,
-            template,
-        });
-    }
+    place_new(store, new, settings, &mut report, &mut changed).await?;
     for chunk in changed.chunks(CHUNK) {
         report.version = store.put_things(chunk).await?.0;
     }

@@ -151,6 +151,39 @@ pub struct SchedulerConfig {
     pub shard_capacity: u32,
     /// Shards one worker owns.
     pub shards_per_worker: u32,
+    /// Creating Things for devices the fleet does not know yet.
+    pub auto_provision: AutoProvision,
+}
+
+/// `[scheduler.auto_provision]`: with `router.unknown_thing = "provision"`, routers hold messages of
+/// unknown devices (DLQ reason `awaiting_provisioning`); the leader scheduler creates each such
+/// Thing in the platform from `template` with `tags` (plus the discovery tag, so discovery keeps it),
+/// assigns it and replays what was held, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoProvision {
+    pub enabled: bool,
+    /// The Thing template of created Things.
+    pub template: String,
+    /// `Vocabulary:Term` tags of created Things (the discovery tag is always added).
+    pub tags: Vec<String>,
+    /// How often held messages are looked for.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most Things created per round.
+    pub max_per_round: usize,
+}
+
+impl Default for AutoProvision {
+    fn default() -> Self {
+        AutoProvision {
+            enabled: false,
+            template: "GenericThing".into(),
+            tags: Vec::new(),
+            interval: Duration::from_secs(5),
+            max_per_round: 100,
+        }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -165,6 +198,7 @@ impl Default for SchedulerConfig {
             discovery_concurrency: 32,
             shard_capacity: 1000,
             shards_per_worker: 8,
+            auto_provision: AutoProvision::default(),
         }
     }
 }
@@ -335,6 +369,9 @@ pub enum UnknownThingPolicy {
     DeadLetter,
     /// Drop it and count it (`twinbridge_router_dropped_total`).
     Drop,
+    /// Hold it (in the DLQ, reason `awaiting_provisioning`) and let the scheduler create the Thing
+    /// in the platform (`[scheduler.auto_provision]`), assign it and replay what was held.
+    Provision,
 }
 
 impl Default for RouterConfig {

@@ -211,6 +211,33 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         }
     }
     validate_kinesis(&mut p, &mut c.router.kinesis);
+    let ap = &c.scheduler.auto_provision;
+    if ap.enabled {
+        if ap.template.trim().is_empty() {
+            p.push(Problem::new(
+                "scheduler.auto_provision.template",
+                "name the Thing template created Things use",
+            ));
+        }
+        positive(&mut p, "scheduler.auto_provision.interval", ap.interval);
+        if ap.max_per_round == 0 {
+            p.push(Problem::new(
+                "scheduler.auto_provision.max_per_round",
+                "must be at least 1",
+            ));
+        }
+    }
+    for (i, tag) in ap.tags.iter().enumerate() {
+        if tag
+            .split_once(':')
+            .is_none_or(|(v, t)| v.is_empty() || t.is_empty())
+        {
+            p.push(Problem::new(
+                format!("scheduler.auto_provision.tags[{i}]"),
+                format!("`{tag}` is not a `Vocabulary:Term` tag"),
+            ));
+        }
+    }
     // worker
     if c.worker.max_shards == 0 {
         p.push(Problem::new("worker.max_shards", "must be at least 1"));
