@@ -99,12 +99,14 @@ pub async fn device_sink(config: &Config) -> Option<Arc<dyn DeviceSink>> {
         return None;
     }
     let writer = ShadowWriter::new(&ShadowConfig {
-        region: s.region.clone(),
-        endpoint: s.endpoint.clone(),
+        access: twinbridge_aws::AwsAccess {
+            region: s.region.clone(),
+            endpoint: s.endpoint.clone(),
+            access_key_id: s.access_key_id.clone(),
+            secret_access_key: s.secret_access_key.as_ref().map(|k| k.expose().to_string()),
+            timeout: s.timeout,
+        },
         shadow_name: s.shadow_name.clone(),
-        access_key_id: s.access_key_id.clone(),
-        secret_access_key: s.secret_access_key.as_ref().map(|k| k.expose().to_string()),
-        timeout: s.timeout,
     })
     .await;
     Some(Arc::new(writer))

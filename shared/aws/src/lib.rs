@@ -64,38 +64,13 @@ pub async fn sdk_config(access: &AwsAccess) -> aws_config::SdkConfig {
     loader.load().await
 }
 
-/// How to reach the AWS IoT data plane.
-#[derive(Clone, PartialEq, Eq)]
+/// How to reach the AWS IoT data plane: the account's data endpoint
+/// (`https://<id>-ats.iot.<region>.amazonaws.com`, or a test stand-in) and the shadow to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShadowConfig {
-    /// AWS region (e.g. `eu-central-1`).
-    pub region: String,
-    /// The account's data endpoint (`https://<id>-ats.iot.<region>.amazonaws.com`) or a test
-    /// stand-in; the SDK's default endpoint when absent.
-    pub endpoint: Option<String>,
+    pub access: AwsAccess,
     /// A named shadow; the classic shadow when absent.
     pub shadow_name: Option<String>,
-    /// Static credentials; the default provider chain (env, profile, IMDS, ECS/EKS roles) when
-    /// absent.
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    /// Per-call timeout.
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for ShadowConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShadowConfig")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("shadow_name", &self.shadow_name)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
-            )
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 /// A failed shadow write, by what the caller should do about it.
@@ -149,14 +124,7 @@ pub fn desired_document(desired: &Map<String, Value>) -> Value {
 impl ShadowWriter {
     /// Builds the client (no network call yet).
     pub async fn new(config: &ShadowConfig) -> Self {
-        let shared = sdk_config(&AwsAccess {
-            region: config.region.clone(),
-            endpoint: config.endpoint.clone(),
-            access_key_id: config.access_key_id.clone(),
-            secret_access_key: config.secret_access_key.clone(),
-            timeout: config.timeout,
-        })
-        .await;
+        let shared = sdk_config(&config.access).await;
         ShadowWriter {
             client: aws_sdk_iotdataplane::Client::new(&shared),
             shadow_name: config.shadow_name.clone(),
@@ -243,12 +211,14 @@ mod tests {
             serde_json::json!({"state": {"desired": {"setpoint": 42}}})
         );
         let c = ShadowConfig {
-            region: "eu-central-1".into(),
-            endpoint: None,
+            access: AwsAccess {
+                region: "eu-central-1".into(),
+                endpoint: None,
+                access_key_id: Some("AKIA".into()),
+                secret_access_key: Some("very-secret".into()),
+                timeout: Duration::from_secs(5),
+            },
             shadow_name: None,
-            access_key_id: Some("AKIA".into()),
-            secret_access_key: Some("very-secret".into()),
-            timeout: Duration::from_secs(5),
         };
         assert!(!format!("{c:?}").contains("very-secret"));
     }
@@ -256,12 +226,14 @@ mod tests {
     #[tokio::test]
     async fn connection_refused_is_retryable() {
         let w = ShadowWriter::new(&ShadowConfig {
-            region: "us-east-1".into(),
-            endpoint: Some("http://127.0.0.1:1".into()),
+            access: AwsAccess {
+                region: "us-east-1".into(),
+                endpoint: Some("http://127.0.0.1:1".into()),
+                access_key_id: Some("test".into()),
+                secret_access_key: Some("test".into()),
+                timeout: Duration::from_secs(2),
+            },
             shadow_name: None,
-            access_key_id: Some("test".into()),
-            secret_access_key: Some("test".into()),
-            timeout: Duration::from_secs(2),
         })
         .await;
         let err = w.update_desired("t", &Map::new()).await.unwrap_err();
