@@ -1,21 +1,32 @@
 //! The admin REST API (on the scheduler): fleet status, shards, workers, Things, an on-demand
-//! sync, and the dead-letter queue (list, replay, purge). Bearer-token auth when
-//! `scheduler.admin_token` is set; JSON error bodies with a `code` and a `message`.
+//! sync, the dead-letter queue (list, replay, purge), Thing moves, worker drains and rebalancing.
+//! Bearer-token auth when `scheduler.admin_token` is set; JSON error bodies with a `code` and a
+//! `message`. `GET /openapi.json` (no auth) describes every route; [`ROUTES`] is the table the
+//! router is built from and a test checks it against that document.
 
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use twinbridge_core::ShardId;
+use twinbridge_core::time::now_ms;
+use twinbridge_core::{ShardId, WorkerId};
 use twinbridge_platform::PlatformClient;
-use twinbridge_store::{EntryId, FleetStore, LeaseKey, StoreError};
+use twinbridge_store::{EntryId, FleetStore, LeaseKey, ShardRelease, StoreError, WorkerRequest};
 
+use crate::moves::{force_release, move_things, MoveError};
+use crate::rebalance::{plan, Plan, ShardLoad, WorkerLoad};
 use crate::sync::{sync_once, SyncSettings};
+
+/// The OpenAPI 3.1 document of this API, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// How long a worker stays away from a shard it was asked to hand over by a rebalance.
+const RELEASE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the admin API works on; the store is set once it is connected.
 pub struct Admin {
@@ -25,6 +36,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// One on-demand sync at a time.
     pub syncing: tokio::sync::Mutex<()>,
+    /// How long a move waits for the routers (`scheduler.move_grace`).
+    pub move_grace: std::time::Duration,
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -90,18 +103,256 @@ macro_rules! guarded {
     }};
 }
 
+/// Every route: path and methods (lowercase). The router is built from this table only.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/openapi.json", &["get"]),
+    ("/v1/fleet", &["get"]),
+    ("/v1/shards", &["get"]),
+    ("/v1/shards/{id}", &["get"]),
+    ("/v1/workers", &["get"]),
+    ("/v1/workers/{id}/drain", &["post", "delete"]),
+    ("/v1/things/{name}", &["get"]),
+    ("/v1/things/{name}/move", &["post"]),
+    ("/v1/things/{name}/release", &["post"]),
+    ("/v1/sync", &["post"]),
+    ("/v1/rebalance", &["post"]),
+    ("/v1/dlq", &["get", "delete"]),
+    ("/v1/dlq/replay", &["post"]),
+];
+
+/// The handlers of one path of [`ROUTES`].
+fn handlers(path: &str) -> MethodRouter<Arc<Admin>> {
+    match path {
+        "/openapi.json" => get(openapi),
+        "/v1/fleet" => get(fleet),
+        "/v1/shards" => get(shards),
+        "/v1/shards/{id}" => get(shard),
+        "/v1/workers" => get(workers),
+        "/v1/workers/{id}/drain" => post(drain).delete(undrain),
+        "/v1/things/{name}" => get(thing),
+        "/v1/things/{name}/move" => post(move_thing),
+        "/v1/things/{name}/release" => post(release_thing),
+        "/v1/sync" => post(sync),
+        "/v1/rebalance" => post(rebalance),
+        "/v1/dlq" => get(dlq_list).delete(dlq_purge),
+        "/v1/dlq/replay" => post(dlq_replay),
+        // Only paths of ROUTES are asked for; the unit test checks every one has handlers.
+        _ => MethodRouter::new(),
+    }
+}
+
 /// The admin routes.
 pub fn router(admin: Arc<Admin>) -> Router {
-    Router::new()
-        .route("/v1/fleet", get(fleet))
-        .route("/v1/shards", get(shards))
-        .route("/v1/shards/{id}", get(shard))
-        .route("/v1/workers", get(workers))
-        .route("/v1/things/{name}", get(thing))
-        .route("/v1/sync", post(sync))
-        .route("/v1/dlq", get(dlq_list).delete(dlq_purge))
-        .route("/v1/dlq/replay", post(dlq_replay))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, (path, _)| r.route(path, handlers(path)))
         .with_state(admin)
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+fn move_error(e: MoveError) -> Response {
+    let (status, code) = e.status_code();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, code, e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    shard: u32,
+}
+
+async fn move_thing(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = admin.unauthorized(&headers) {
+        return r;
+    }
+    let body: MoveBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("body must be {{\"shard\": <id>}}: {e}"),
+            )
+        }
+    };
+    let store = match admin.store() {
+        Ok(s) => s.clone(),
+        Err(r) => return *r,
+    };
+    match move_things(&*store, &[(name, ShardId(body.shard))], admin.move_grace).await {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(e) => move_error(e),
+    }
+}
+
+async fn release_thing(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Some(r) = admin.unauthorized(&headers) {
+        return r;
+    }
+    let store = match admin.store() {
+        Ok(s) => s.clone(),
+        Err(r) => return *r,
+    };
+    match force_release(&*store, &name).await {
+        Ok(shard) => Json(json!({"thing": name, "shard": shard})).into_response(),
+        Err(e) => move_error(e),
+    }
+}
+
+async fn set_drain(admin: &Admin, headers: &HeaderMap, id: String, drain: bool) -> Response {
+    if let Some(r) = admin.unauthorized(headers) {
+        return r;
+    }
+    let store = match admin.store() {
+        Ok(s) => s.clone(),
+        Err(r) => return *r,
+    };
+    let result = async {
+        let workers = store.list_workers().await?;
+        let Some(worker) = workers.into_iter().find(|w| w.id.0 == id) else {
+            return Err(StoreError::NotFound(format!("worker {id}")));
+        };
+        let mut request = store.worker_request(&worker.id).await?;
+        request.drain = drain;
+        store.set_worker_request(&worker.id, &request).await?;
+        tracing::info!(worker = %worker.id, drain, shards = worker.shards.len(), "drain request set");
+        Ok(Json(json!({
+            "worker": worker.id,
+            "draining": drain,
+            "shards": if drain { worker.shards } else { Vec::new() },
+        }))
+        .into_response())
+    }
+    .await;
+    result.unwrap_or_else(store_error)
+}
+
+async fn drain(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    set_drain(&admin, &headers, id, true).await
+}
+
+async fn undrain(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    set_drain(&admin, &headers, id, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebalanceQuery {
+    apply: Option<bool>,
+}
+
+/// The fleet's current plan.
+async fn current_plan(store: &dyn FleetStore) -> Result<Plan, StoreError> {
+    let mut shards = Vec::new();
+    for s in store.list_shards().await? {
+        shards.push(ShardLoad {
+            id: s.id,
+            capacity: s.capacity,
+            draining: s.draining,
+            things: store.shard_things(s.id).await?,
+        });
+    }
+    let workers: Vec<WorkerLoad> = store
+        .list_workers()
+        .await?
+        .into_iter()
+        .map(|w| WorkerLoad {
+            id: w.id,
+            capacity: w.capacity,
+            draining: w.draining,
+            shards: w.shards,
+        })
+        .collect();
+    Ok(plan(&shards, &workers))
+}
+
+async fn rebalance(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Query(q): Query<RebalanceQuery>,
+) -> Response {
+    if let Some(r) = admin.unauthorized(&headers) {
+        return r;
+    }
+    let store = match admin.store() {
+        Ok(s) => s.clone(),
+        Err(r) => return *r,
+    };
+    let plan = match current_plan(&*store).await {
+        Ok(p) => p,
+        Err(e) => return store_error(e),
+    };
+    if q.apply != Some(true) || plan.is_empty() {
+        return Json(json!({"applied": false, "plan": plan})).into_response();
+    }
+    // Shard hand-offs: ask each busy worker to give up the named shards for a while.
+    let mut asks: std::collections::BTreeMap<WorkerId, Vec<ShardId>> = Default::default();
+    for h in &plan.shard_handoffs {
+        asks.entry(h.from.clone()).or_default().push(h.shard);
+    }
+    for (worker, shards) in asks {
+        let result = async {
+            let mut request: WorkerRequest = store.worker_request(&worker).await?;
+            let until_ms = now_ms() + u64::try_from(RELEASE_FOR.as_millis()).unwrap_or(30_000);
+            request.release.retain(|r| r.until_ms > now_ms());
+            request.release.extend(
+                shards
+                    .into_iter()
+                    .map(|shard| ShardRelease { shard, until_ms }),
+            );
+            store.set_worker_request(&worker, &request).await
+        }
+        .await;
+        if let Err(e) = result {
+            return store_error(e);
+        }
+    }
+    // Thing moves: one ordered move for the whole batch.
+    let moves: Vec<(String, ShardId)> = plan
+        .thing_moves
+        .iter()
+        .map(|m| (m.thing.clone(), m.to))
+        .collect();
+    let moved = if moves.is_empty() {
+        None
+    } else {
+        match move_things(&*store, &moves, admin.move_grace).await {
+            Ok(o) => Some(o),
+            Err(e) => return move_error(e),
+        }
+    };
+    tracing::info!(
+        things = plan.thing_moves.len(),
+        shards = plan.shard_handoffs.len(),
+        "rebalance applied"
+    );
+    Json(json!({"applied": true, "plan": plan, "move_id": moved.map(|o| o.move_id)}))
+        .into_response()
 }
 
 async fn fleet(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
@@ -299,4 +550,47 @@ async fn dlq_purge(
         Ok::<_, StoreError>(Json(json!({"removed": removed})).into_response())
     }
     .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_route_and_only_those() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    documented.push((path.clone(), method.clone()));
+                }
+            }
+        }
+        let mut routed: Vec<(String, String)> = ROUTES
+            .iter()
+            .flat_map(|(p, ms)| ms.iter().map(move |m| (p.to_string(), m.to_string())))
+            .collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
+        // Every operation but the document itself needs the token and documents the errors.
+        for (path, method) in &documented {
+            let op = &paths[path][method];
+            assert!(op["responses"].is_object(), "{method} {path}");
+            if path != "/openapi.json" {
+                assert!(
+                    op["responses"]["401"].is_object(),
+                    "{method} {path} documents 401"
+                );
+            }
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["components"]["schemas"]["Error"].is_object());
+    }
 }

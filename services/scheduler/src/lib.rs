@@ -5,15 +5,20 @@
 //! - Leadership: several replicas may run; the one holding the `scheduler-leader` role lease
 //!   syncs, the others wait to take over when its lease expires.
 //!
-//! - [`admin`]: the admin REST API (fleet, shards, workers, Things, sync, DLQ).
+//! - [`admin`]: the admin REST API (fleet, shards, workers, Things, sync, DLQ, move, drain,
+//!   rebalance) and its OpenAPI document.
+//! - [`moves`]: ordered Thing moves between shards (hold / handoff / release markers).
+//! - [`rebalance`]: the pure rebalance planner.
 //! - [`provision`]: auto-provisioning of devices the fleet does not know (off by default).
 //!
 //! Not built yet (issue 4): worker launchers, dead-worker hand-off beyond the workers' own lease
-//! takeover, move / drain / rebalance, the OpenAPI document.
+//! takeover.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod moves;
 pub mod provision;
+pub mod rebalance;
 pub mod sync;
 
 use std::sync::Arc;
@@ -102,6 +107,7 @@ async fn run_inner(
             .as_ref()
             .map(|t| t.expose().to_string()),
         syncing: tokio::sync::Mutex::new(()),
+        move_grace: config.scheduler.move_grace,
     });
     let app = health.router().merge(admin::router(admin.clone()));
     let (addr, http) = spawn_http(listen, app, shutdown.clone())

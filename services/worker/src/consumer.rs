@@ -2,7 +2,7 @@
 //! order, deliver them to the platform in per-Thing batches, dead-letter what can never succeed,
 //! and acknowledge a batch only once every entry in it is delivered or dead-lettered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ use twinbridge_aws::{ShadowError, ShadowWriter};
 use twinbridge_core::time::now_ms;
 use twinbridge_core::PropertyChange;
 use twinbridge_core::{
-    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source, SourceKind,
-    Thing,
+    Control, DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source,
+    SourceKind, Thing,
 };
 use twinbridge_platform::{coerce, PlatformClient, PlatformError, PropertyValue, Vtq};
-use twinbridge_store::{FleetStore, Lease, StoreError, StoreResult, StreamEntry};
+use twinbridge_store::{EntryId, FleetStore, Lease, StoreError, StoreResult, StreamEntry};
 
 use crate::flow::{Backoff, Breaker, RateLimiter};
 use crate::mapping::{self, MappingSettings, PresenceNames};
@@ -208,6 +208,30 @@ struct ThingWork {
 /// A platform call that cannot succeed.
 struct Fatal(PlatformError);
 
+/// How long a Thing may be held before the consumer warns that its move is not finishing.
+const HOLD_WARN_AFTER: Duration = Duration::from_secs(60);
+
+/// A Thing moving into this shard: its entries wait, pending and unacknowledged, until the old
+/// shard's owner has delivered everything before the move and appends the matching `release`.
+struct Hold {
+    move_id: String,
+    from: ShardId,
+    /// The `hold` marker itself (acknowledged with the held entries on release, so that a new
+    /// owner that claims the pending entries rebuilds the hold).
+    marker: StreamEntry,
+    entries: Vec<StreamEntry>,
+    since: Instant,
+    warned_at: Option<Instant>,
+}
+
+/// A batch put in order by the move markers: what to deliver and acknowledge now, and the
+/// `release` markers to append (after delivery, before the acknowledgement) for `handoff`s.
+#[derive(Default)]
+struct Sequenced {
+    ready: Vec<StreamEntry>,
+    handoffs: Vec<(String, ShardId, String)>,
+}
+
 /// The consumer of one shard.
 pub struct Consumer {
     shared: Arc<Shared>,
@@ -219,6 +243,8 @@ pub struct Consumer {
     lost: CancellationToken,
     /// The newest presence event applied per Thing (see `mapping::presence_order`).
     presence: HashMap<String, (u64, u8, u64)>,
+    /// Things moving into this shard whose old shard has not handed them off yet.
+    holds: HashMap<String, Hold>,
 }
 
 impl Consumer {
@@ -236,6 +262,7 @@ impl Consumer {
             stop,
             lost,
             presence: HashMap::new(),
+            holds: HashMap::new(),
         }
     }
 
@@ -244,6 +271,14 @@ impl Consumer {
         async move {
             tracing::info!("consuming shard");
             let exit = self.consume().await;
+            if !self.holds.is_empty() {
+                tracing::info!(
+                    things = self.holds.len(),
+                    "held Things left pending for the next owner"
+                );
+            }
+            self.holds.clear();
+            self.report_holds();
             tracing::info!(?exit, "shard consumer stopped");
             exit
         }
@@ -254,26 +289,36 @@ impl Consumer {
     async fn consume(&mut self) -> Exit {
         let batch = self.shared.settings.batch_size;
         // 1. What a previous owner (or this worker before a restart) left pending, oldest first.
+        //    One walk with a cursor: entries of a held Thing stay pending and must not be
+        //    claimed twice.
+        let mut cursor: Option<EntryId> = None;
         loop {
             if self.stop.is_cancelled() || self.lost.is_cancelled() {
                 return self.exit();
             }
             let lease = self.lease.clone();
             let store = self.shared.store.clone();
+            let after = cursor.clone();
             let claimed = match self
                 .store_call("claim pending entries", || {
                     let lease = lease.clone();
                     let store = store.clone();
-                    async move { store.claim_pending(&lease, Duration::ZERO, batch).await }
+                    let after = after.clone();
+                    async move {
+                        store
+                            .claim_pending_after(&lease, after.as_ref(), Duration::ZERO, batch)
+                            .await
+                    }
                 })
                 .await
             {
                 Some(c) => c,
                 None => return Exit::Abandoned,
             };
-            if claimed.is_empty() {
+            let Some(last) = claimed.last() else {
                 break;
-            }
+            };
+            cursor = Some(last.id.clone());
             metrics::counter!("twinbridge_worker_claimed_total").increment(claimed.len() as u64);
             tracing::info!(entries = claimed.len(), "took over pending entries");
             if !self.process(claimed).await {
@@ -282,6 +327,7 @@ impl Consumer {
         }
         // 2. New entries.
         loop {
+            self.report_holds();
             if self.stop.is_cancelled() || self.lost.is_cancelled() {
                 return self.exit();
             }
@@ -382,12 +428,128 @@ impl Consumer {
     async fn process(&mut self, entries: Vec<StreamEntry>) -> bool {
         let started = Instant::now();
         let span = tracing::debug_span!("batch", entries = entries.len());
-        let ok = self.process_inner(&entries).instrument(span).await;
+        let sequenced = self.sequence(entries);
+        if sequenced.ready.is_empty() {
+            return true;
+        }
+        let ok = self
+            .process_inner(&sequenced.ready, &sequenced.handoffs)
+            .instrument(span)
+            .await;
         metrics::histogram!("twinbridge_worker_batch_seconds").record(started.elapsed());
         ok
     }
 
-    async fn process_inner(&mut self, entries: &[StreamEntry]) -> bool {
+    /// Applies the move markers of a batch, in stream order. Entries of a held Thing are set
+    /// aside (they stay pending); a matching `release` puts them back, in order, in front of the
+    /// rest of the batch; a `handoff` is delivered like any entry and noted so that its `release`
+    /// is appended once everything before it is delivered. A `release` that matches no hold is
+    /// stale (a duplicate, or an operator's release of a finished move): acknowledged and ignored.
+    fn sequence(&mut self, batch: Vec<StreamEntry>) -> Sequenced {
+        let mut out = Sequenced::default();
+        let mut queue: VecDeque<StreamEntry> = batch.into();
+        while let Some(entry) = queue.pop_front() {
+            let Ok(envelope) = &entry.envelope else {
+                out.ready.push(entry);
+                continue;
+            };
+            let control = Control::parse(envelope);
+            let thing = envelope.thing.clone();
+            if let Some(hold) = self.holds.get_mut(&thing) {
+                let releases = matches!(&control, Some(Control::Release { move_id, force })
+                    if *force || *move_id == hold.move_id);
+                if !releases {
+                    hold.entries.push(entry);
+                    continue;
+                }
+                if let Some(hold) = self.holds.remove(&thing) {
+                    tracing::info!(
+                        thing = %thing,
+                        move_id = %hold.move_id,
+                        from = %hold.from,
+                        held = hold.entries.len(),
+                        held_ms = hold.since.elapsed().as_millis() as u64,
+                        "move released: delivering held entries"
+                    );
+                    metrics::counter!("twinbridge_worker_moves_released_total").increment(1);
+                    out.ready.push(hold.marker);
+                    out.ready.push(entry);
+                    for held in hold.entries.into_iter().rev() {
+                        queue.push_front(held);
+                    }
+                }
+                continue;
+            }
+            match control {
+                Some(Control::Hold { move_id, from }) => {
+                    tracing::info!(thing = %thing, %move_id, %from, "move into this shard: holding the Thing");
+                    metrics::counter!("twinbridge_worker_moves_held_total").increment(1);
+                    self.holds.insert(
+                        thing,
+                        Hold {
+                            move_id,
+                            from,
+                            marker: entry,
+                            entries: Vec::new(),
+                            since: Instant::now(),
+                            warned_at: None,
+                        },
+                    );
+                }
+                Some(Control::Handoff { move_id, to }) => {
+                    out.handoffs.push((thing, to, move_id));
+                    out.ready.push(entry);
+                }
+                Some(Control::Release { move_id, .. }) => {
+                    tracing::debug!(thing = %thing, %move_id, "release without a hold: ignored");
+                    metrics::counter!("twinbridge_worker_stale_move_markers_total").increment(1);
+                    out.ready.push(entry);
+                }
+                None => {
+                    if envelope.kind == MessageKind::Control {
+                        tracing::warn!(thing = %thing, id = %entry.id, "unknown control marker: ignored");
+                        metrics::counter!("twinbridge_worker_stale_move_markers_total")
+                            .increment(1);
+                    }
+                    out.ready.push(entry);
+                }
+            }
+        }
+        out
+    }
+
+    /// Publishes the hold gauges and warns about holds that last too long.
+    fn report_holds(&mut self) {
+        let shard = self.shard.to_string();
+        let entries: usize = self.holds.values().map(|h| h.entries.len() + 1).sum();
+        metrics::gauge!("twinbridge_worker_held_things", "shard" => shard.clone())
+            .set(self.holds.len() as f64);
+        metrics::gauge!("twinbridge_worker_held_entries", "shard" => shard).set(entries as f64);
+        for (thing, hold) in &mut self.holds {
+            if hold.since.elapsed() >= HOLD_WARN_AFTER
+                && hold
+                    .warned_at
+                    .is_none_or(|at| at.elapsed() >= HOLD_WARN_AFTER)
+            {
+                hold.warned_at = Some(Instant::now());
+                metrics::counter!("twinbridge_worker_holds_overdue_total").increment(1);
+                tracing::warn!(
+                    thing = %thing,
+                    move_id = %hold.move_id,
+                    from = %hold.from,
+                    held = hold.entries.len(),
+                    held_s = hold.since.elapsed().as_secs(),
+                    "a moved Thing is still held: the old shard has not handed it off (see docs/operations.md, stuck moves)"
+                );
+            }
+        }
+    }
+
+    async fn process_inner(
+        &mut self,
+        entries: &[StreamEntry],
+        handoffs: &[(String, ShardId, String)],
+    ) -> bool {
         let mut names: Vec<String> = entries
             .iter()
             .filter_map(|e| e.envelope.as_ref().ok())
@@ -648,6 +810,38 @@ impl Consumer {
                 .is_none()
             {
                 return false;
+            }
+        }
+        // Every entry before a handoff is delivered (or dead-lettered): tell the new shard.
+        // A crash between this append and the ack repeats the release; the new shard ignores
+        // the duplicate.
+        if !handoffs.is_empty() {
+            let releases: Vec<(ShardId, Envelope)> = handoffs
+                .iter()
+                .map(|(thing, to, move_id)| {
+                    let release = Control::Release {
+                        move_id: move_id.clone(),
+                        force: false,
+                    };
+                    (*to, release.envelope(thing, now_ms()))
+                })
+                .collect();
+            for (to, envelope) in releases {
+                let store = store.clone();
+                let envelope = Arc::new(envelope);
+                if self
+                    .store_call("append a move release", || {
+                        let store = store.clone();
+                        let envelope = envelope.clone();
+                        async move { store.append(to, std::slice::from_ref(&*envelope)).await }
+                    })
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
+                tracing::info!(thing = %envelope.thing, to = %to, "move handed off: everything before it is delivered");
+                metrics::counter!("twinbridge_worker_moves_handed_off_total").increment(1);
             }
         }
         let ids: Arc<Vec<_>> = Arc::new(entries.iter().map(|e| e.id.clone()).collect());

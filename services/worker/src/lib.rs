@@ -2,10 +2,12 @@
 //! AWS IoT shadows.
 //!
 //! - [`manager`]: takes shard leases (fenced) up to a fair share, renews them, stops a shard the
-//!   moment its lease is lost, releases everything on a graceful stop.
+//!   moment its lease is lost, follows the admin's drain and shard-release requests, releases
+//!   everything on a graceful stop.
 //! - [`consumer`]: per shard, takes over what a dead owner left pending, then reads new entries in
 //!   order, maps them to typed property values, delivers them per Thing in batches, dead-letters
-//!   what can never succeed, and acknowledges only after that.
+//!   what can never succeed, and acknowledges only after that; keeps a moving Thing's entries
+//!   aside until its old shard hands it off (`Control` markers).
 //! - [`mapping`]: telemetry and presence → property values (pure, unit-tested).
 //! - [`flow`]: rate limit, circuit breaker, backoff.
 #![forbid(unsafe_code)]
@@ -263,7 +265,7 @@ async fn run_as(
 async fn heartbeat_loop(
     store: &dyn FleetStore,
     info: &mut WorkerInfo,
-    shards: tokio::sync::watch::Receiver<Vec<twinbridge_core::ShardId>>,
+    shards: tokio::sync::watch::Receiver<manager::Ownership>,
     interval: Duration,
     ttl: Duration,
     health: &Health,
@@ -277,7 +279,11 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
         }
         info.last_heartbeat_ms = now_ms();
-        info.shards = shards.borrow().clone();
+        {
+            let ownership = shards.borrow();
+            info.shards = ownership.shards.clone();
+            info.draining = ownership.draining;
+        }
         match store.heartbeat(info, ttl).await {
             Ok(()) => {
                 health.ready("store");

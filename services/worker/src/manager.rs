@@ -3,7 +3,7 @@
 //! workers, and on stop finish in-flight batches and release every lease so others take over at
 //! once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use twinbridge_core::ShardId;
-use twinbridge_store::{Lease, LeaseKey, StoreError};
+use twinbridge_core::time::now_ms;
+use twinbridge_core::{ShardId, WorkerId};
+use twinbridge_store::{Lease, LeaseKey, StoreError, WorkerRequest};
 
 use crate::consumer::{Consumer, Exit, Shared};
 
@@ -24,6 +25,13 @@ struct Owned {
     task: JoinHandle<Exit>,
 }
 
+/// What the manager tells the heartbeat: the shards it owns and whether it is draining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    pub shards: Vec<ShardId>,
+    pub draining: bool,
+}
+
 /// Owns and runs this worker's shards.
 pub struct ShardManager {
     shared: Arc<Shared>,
@@ -32,7 +40,9 @@ pub struct ShardManager {
     ttl: Duration,
     grace: Duration,
     owned: BTreeMap<ShardId, Owned>,
-    published: watch::Sender<Vec<ShardId>>,
+    /// The admin asked this worker to drain (see [`WorkerRequest`]).
+    draining: bool,
+    published: watch::Sender<Ownership>,
 }
 
 impl ShardManager {
@@ -42,8 +52,8 @@ impl ShardManager {
         max_shards: usize,
         ttl: Duration,
         grace: Duration,
-    ) -> (Self, watch::Receiver<Vec<ShardId>>) {
-        let (published, rx) = watch::channel(Vec::new());
+    ) -> (Self, watch::Receiver<Ownership>) {
+        let (published, rx) = watch::channel(Ownership::default());
         (
             ShardManager {
                 shared,
@@ -52,6 +62,7 @@ impl ShardManager {
                 ttl,
                 grace,
                 owned: BTreeMap::new(),
+                draining: false,
                 published,
             },
             rx,
@@ -80,7 +91,11 @@ impl ShardManager {
     fn publish(&self) {
         let shards: Vec<ShardId> = self.owned.keys().copied().collect();
         metrics::gauge!("twinbridge_worker_shards_owned").set(shards.len() as f64);
-        self.published.send_replace(shards);
+        metrics::gauge!("twinbridge_worker_draining").set(if self.draining { 1.0 } else { 0.0 });
+        self.published.send_replace(Ownership {
+            shards,
+            draining: self.draining,
+        });
     }
 
     /// Renews every lease; a lost one (or one not renewed for a whole ttl) stops its consumer.
@@ -129,29 +144,39 @@ impl ShardManager {
         }
     }
 
-    /// Takes free shards up to a fair share; gives one surplus shard back when another live
-    /// worker has at least two fewer.
+    /// Follows the admin's request (hands over the shards it names; when draining, hands every
+    /// shard to other workers as far as they have room and takes none), then takes free shards
+    /// up to a fair share of the workers that are not draining; gives one surplus shard back
+    /// when another such worker has at least two fewer.
     async fn balance(&mut self) {
         let store = self.shared.store.clone();
-        let (shards, workers) = match tokio::try_join!(store.list_shards(), store.list_workers()) {
+        let me = WorkerId(self.worker_id.clone());
+        let (shards, workers, request) = match tokio::try_join!(
+            store.list_shards(),
+            store.list_workers(),
+            store.worker_request(&me)
+        ) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list shards and workers");
                 return;
             }
         };
-        if shards.is_empty() {
+        self.follow(&request, &workers).await;
+        if shards.is_empty() || self.draining {
             return;
         }
-        let live = workers.len().max(1);
+        let excluded: HashSet<ShardId> = request.releases_at(now_ms()).collect();
+        let others = || {
+            workers
+                .iter()
+                .filter(|w| w.id.0 != self.worker_id && !w.draining)
+        };
+        let live = others().count() + 1;
         let fair = shards.len().div_ceil(live).min(self.max_shards);
 
         if self.owned.len() > fair {
-            let least = workers
-                .iter()
-                .filter(|w| w.id.0 != self.worker_id)
-                .map(|w| w.shards.len())
-                .min();
+            let least = others().map(|w| w.shards.len()).min();
             if least.is_some_and(|n| n + 1 < self.owned.len()) {
                 if let Some((&shard, _)) = self.owned.iter().next_back() {
                     tracing::info!(shard = %shard, owned = self.owned.len(), fair, "handing a shard to a less loaded worker");
@@ -165,7 +190,9 @@ impl ShardManager {
         // race for the same shard first.
         let mut free: Vec<ShardId> = shards
             .iter()
-            .filter(|s| s.owner.is_none() && !self.owned.contains_key(&s.id))
+            .filter(|s| {
+                s.owner.is_none() && !self.owned.contains_key(&s.id) && !excluded.contains(&s.id)
+            })
             .map(|s| s.id)
             .collect();
         if free.is_empty() {
@@ -191,6 +218,59 @@ impl ShardManager {
                 }
             }
         }
+    }
+
+    /// Applies the admin's request: hands over the shards it names and, when draining, as many
+    /// shards as the other (not draining) workers have room for.
+    async fn follow(&mut self, request: &WorkerRequest, workers: &[twinbridge_core::WorkerInfo]) {
+        if request.drain != self.draining {
+            tracing::info!(
+                draining = request.drain,
+                shards = self.owned.len(),
+                "drain {}",
+                if request.drain {
+                    "requested"
+                } else {
+                    "cancelled"
+                }
+            );
+            self.draining = request.drain;
+            self.publish();
+        }
+        let asked: Vec<ShardId> = request
+            .releases_at(now_ms())
+            .filter(|s| self.owned.contains_key(s))
+            .collect();
+        for shard in asked {
+            tracing::info!(shard = %shard, "handing a shard over on request");
+            self.release(shard).await;
+        }
+        if !self.draining || self.owned.is_empty() {
+            return;
+        }
+        let room: usize = workers
+            .iter()
+            .filter(|w| w.id.0 != self.worker_id && !w.draining)
+            .map(|w| {
+                usize::try_from(w.capacity)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(w.shards.len())
+            })
+            .fold(0, usize::saturating_add);
+        if room == 0 {
+            tracing::warn!(
+                shards = self.owned.len(),
+                "draining, but no other live worker has room: keeping the shards for now"
+            );
+            return;
+        }
+        let handing: Vec<ShardId> = self.owned.keys().copied().take(room).collect();
+        for shard in handing {
+            tracing::info!(shard = %shard, "draining: handing a shard over");
+            metrics::counter!("twinbridge_worker_shards_drained_total").increment(1);
+            self.release(shard).await;
+        }
+        self.publish();
     }
 
     fn start(&mut self, shard: ShardId, lease: Lease) {

@@ -151,6 +151,10 @@ pub struct SchedulerConfig {
     pub shard_capacity: u32,
     /// Shards one worker owns.
     pub shards_per_worker: u32,
+    /// How long a Thing move waits between changing the assignment and handing the Thing off
+    /// from its old shard: at least twice the routers' `refresh_interval`.
+    #[serde(with = "humantime_serde")]
+    pub move_grace: Duration,
     /// Creating Things for devices the fleet does not know yet.
     pub auto_provision: AutoProvision,
 }
@@ -198,6 +202,7 @@ impl Default for SchedulerConfig {
             discovery_concurrency: 32,
             shard_capacity: 1000,
             shards_per_worker: 8,
+            move_grace: Duration::from_secs(1),
             auto_provision: AutoProvision::default(),
         }
     }

@@ -139,6 +139,16 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         "scheduler.discovery_interval",
         c.scheduler.discovery_interval,
     );
+    if c.scheduler.move_grace < c.router.refresh_interval * 2 {
+        p.push(Problem::new(
+            "scheduler.move_grace",
+            format!(
+                "must be at least twice router.refresh_interval ({:?}) so that every router \
+                 follows a move before the old shard hands the Thing off",
+                c.router.refresh_interval
+            ),
+        ));
+    }
     resolve_secret(
         &mut p,
         "scheduler.admin_token",

@@ -3,6 +3,7 @@
 //! Everything here is plain data with serde round-trips; no I/O.
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod dlq;
 pub mod envelope;
 pub mod messages;
@@ -10,6 +11,7 @@ pub mod shard;
 pub mod thing;
 pub mod time;
 
+pub use control::Control;
 pub use dlq::{DeadLetter, DeadLetterReason};
 pub use envelope::{
     DecodeError, EncodedEnvelope, Envelope, MessageKind, Payload, Source, SourceKind,

@@ -161,6 +161,37 @@ pub struct ReplayOutcome {
     pub skipped: u64,
 }
 
+/// What the admin asks of one worker; the worker reads it on every balance round.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRequest {
+    /// Hand every shard to other live workers and take no new ones.
+    #[serde(default)]
+    pub drain: bool,
+    /// Shards to hand over (gracefully) and not to take again until `until_ms`.
+    #[serde(default)]
+    pub release: Vec<ShardRelease>,
+}
+
+/// One shard a worker is asked to give up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardRelease {
+    pub shard: ShardId,
+    /// Epoch ms after which the request no longer applies.
+    pub until_ms: u64,
+}
+
+impl WorkerRequest {
+    /// The shards still to give up at `now_ms`.
+    pub fn releases_at(&self, now_ms: u64) -> impl Iterator<Item = ShardId> + '_ {
+        self.release
+            .iter()
+            .filter(move |r| r.until_ms > now_ms)
+            .map(|r| r.shard)
+    }
+}
+
 /// Everything the twinbridge services share. Implementations: [`crate::memory::MemoryStore`]
 /// and [`crate::redis_store::RedisStore`].
 ///
@@ -276,6 +307,20 @@ pub trait FleetStore: Send + Sync + 'static {
         lease: &Lease,
         min_idle: Duration,
         count: usize,
+    ) -> StoreResult<Vec<StreamEntry>> {
+        self.claim_pending_after(lease, None, min_idle, count).await
+    }
+
+    /// [`FleetStore::claim_pending`] from a cursor: only pending entries with an id strictly
+    /// greater than `after` (all when `None`). A consumer that keeps some claimed entries pending
+    /// on purpose (a Thing held during a move) passes the last id it saw, so that it walks the
+    /// pending list once instead of claiming the same entries again.
+    async fn claim_pending_after(
+        &self,
+        lease: &Lease,
+        after: Option<&EntryId>,
+        min_idle: Duration,
+        count: usize,
     ) -> StoreResult<Vec<StreamEntry>>;
 
     /// Acknowledges entries and deletes them from the stream, atomically with a check that
@@ -332,7 +377,7 @@ pub trait FleetStore: Send + Sync + 'static {
     /// The workers whose heartbeat is live, ordered by id.
     async fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
 
-    /// Forgets a worker (its heartbeat) at once, e.g. on graceful stop.
+    /// Forgets a worker (its heartbeat and its [`WorkerRequest`]) at once, e.g. on graceful stop.
     async fn remove_worker(&self, id: &WorkerId) -> StoreResult<()>;
 
     // ---------------------------------------------------------------- groups
@@ -348,6 +393,16 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// Removes `member` from `group` at once (graceful stop).
     async fn group_leave(&self, group: &str, member: &str) -> StoreResult<()>;
+
+    // ---------------------------------------------------------------- worker requests
+
+    /// Stores what the admin asks of a worker (replacing the previous request; the default
+    /// request clears it). The worker need not be alive. Kept until replaced or until
+    /// [`FleetStore::remove_worker`].
+    async fn set_worker_request(&self, id: &WorkerId, request: &WorkerRequest) -> StoreResult<()>;
+
+    /// What the admin asks of a worker (the default request when nothing is asked).
+    async fn worker_request(&self, id: &WorkerId) -> StoreResult<WorkerRequest>;
 }
 
 // ---------------------------------------------------------------- helpers of the implementations

@@ -22,6 +22,7 @@ use crate::api::{shard_of, ttl_ms, unique_things};
 use crate::api::{
     AssignmentChange, AssignmentChanges, AssignmentSnapshot, AssignmentVersion, EntryId,
     FleetStore, Lease, LeaseKey, ReplayOutcome, StoreResult, StreamEntry, StreamStats,
+    WorkerRequest,
 };
 use crate::error::StoreError;
 
@@ -133,6 +134,7 @@ struct State {
     workers: BTreeMap<WorkerId, Heartbeat>,
     /// group → member → expiry (epoch ms).
     groups: HashMap<String, BTreeMap<String, u64>>,
+    worker_requests: HashMap<WorkerId, WorkerRequest>,
 }
 
 impl State {
@@ -154,6 +156,7 @@ impl State {
             dlq_last_id: (0, 0),
             workers: BTreeMap::new(),
             groups: HashMap::new(),
+            worker_requests: HashMap::new(),
         }
     }
 
@@ -663,12 +666,20 @@ impl FleetStore for MemoryStore {
         }
     }
 
-    async fn claim_pending(
+    async fn claim_pending_after(
         &self,
         lease: &Lease,
+        after: Option<&EntryId>,
         min_idle: Duration,
         count: usize,
     ) -> StoreResult<Vec<StreamEntry>> {
+        let after =
+            match after {
+                None => None,
+                Some(id) => Some(parse_id(id).ok_or_else(|| {
+                    StoreError::Invalid(format!("`{id}` is not a stream entry id"))
+                })?),
+            };
         let shard = shard_of(lease)?;
         let min_idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
         let mut state = self.lock();
@@ -680,6 +691,7 @@ impl FleetStore for MemoryStore {
         let ids: Vec<Id> = stream
             .pending
             .iter()
+            .filter(|(id, _)| after.is_none_or(|a| **id > a))
             .filter(|(_, p)| now.saturating_sub(p.last_delivery_ms) >= min_idle)
             .take(count)
             .map(|(id, _)| *id)
@@ -895,7 +907,9 @@ impl FleetStore for MemoryStore {
     }
 
     async fn remove_worker(&self, id: &WorkerId) -> StoreResult<()> {
-        self.lock().workers.remove(id);
+        let mut state = self.lock();
+        state.workers.remove(id);
+        state.worker_requests.remove(id);
         Ok(())
     }
 
@@ -921,6 +935,24 @@ impl FleetStore for MemoryStore {
             members.remove(member);
         }
         Ok(())
+    }
+    async fn set_worker_request(&self, id: &WorkerId, request: &WorkerRequest) -> StoreResult<()> {
+        let mut state = self.lock();
+        if *request == WorkerRequest::default() {
+            state.worker_requests.remove(id);
+        } else {
+            state.worker_requests.insert(id.clone(), request.clone());
+        }
+        Ok(())
+    }
+
+    async fn worker_request(&self, id: &WorkerId) -> StoreResult<WorkerRequest> {
+        Ok(self
+            .lock()
+            .worker_requests
+            .get(id)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 

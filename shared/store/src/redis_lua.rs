@@ -92,13 +92,13 @@ return {'W', '0-0'}
     )
 }
 
-/// KEYS: lease, stream. ARGV: owner, token, min idle ms, count.
+/// KEYS: lease, stream. ARGV: owner, token, min idle ms, count, start (`-` or `(<id>`).
 /// Returns {id, deliveries, fields, ...} of the claimed entries, oldest first.
 pub fn stream_claim() -> String {
     with_prelude(
         r#"
 if not fenced(KEYS[1], ARGV[1], ARGV[2]) then return redis.error_reply('TB_LEASE_LOST the lease is no longer current') end
-local p = redis.pcall('XPENDING', KEYS[2], 'workers', 'IDLE', ARGV[3], '-', '+', ARGV[4])
+local p = redis.pcall('XPENDING', KEYS[2], 'workers', 'IDLE', ARGV[3], ARGV[5], '+', ARGV[4])
 if type(p) == 'table' and p.err then
   if string.sub(p.err, 1, 7) == 'NOGROUP' then return {} end
   return p

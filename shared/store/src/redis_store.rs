@@ -14,6 +14,7 @@
 //! | `{P}:assign:feed` | stream | change feed, ids `<version>-<n>` |
 //! | `{P}:dlq` | stream | dead letters (`d` = letter JSON) |
 //! | `{P}:workers`, `{P}:worker-exp` | hash, zset | worker info, heartbeat expiry |
+//! | `{P}:worker-requests` | hash | worker id → admin request JSON (drain, shard releases) |
 //! | `{P:s:<id>}:stream` | stream | shard stream (`v`,`h`,`p`), group `workers` |
 //! | `{P:s:<id>}:lease` / `:fence` | string | `owner\ntoken\nexpiry` with PX ttl / last token |
 //! | `{P:src:<name>}:lease` / `:fence` / `:ckpt` | string | source lease, token, checkpoint |
@@ -45,6 +46,7 @@ use crate::api::{shard_of, ttl_ms, unique_things};
 use crate::api::{
     AssignmentChange, AssignmentChanges, AssignmentSnapshot, AssignmentVersion, EntryId,
     FleetStore, Lease, LeaseKey, ReplayOutcome, StoreResult, StreamEntry, StreamStats,
+    WorkerRequest,
 };
 use crate::error::StoreError;
 use crate::redis_lua as lua;
@@ -1257,9 +1259,10 @@ impl FleetStore for RedisStore {
         }
     }
 
-    async fn claim_pending(
+    async fn claim_pending_after(
         &self,
         lease: &Lease,
+        after: Option<&EntryId>,
         min_idle: Duration,
         count: usize,
     ) -> StoreResult<Vec<StreamEntry>> {
@@ -1267,6 +1270,17 @@ impl FleetStore for RedisStore {
         if count == 0 {
             return Ok(Vec::new());
         }
+        let start = match after {
+            None => "-".to_string(),
+            Some(id) => match id.parts() {
+                Some((ms, seq)) => format!("({ms}-{seq}"),
+                None => {
+                    return Err(StoreError::Invalid(format!(
+                        "`{id}` is not a stream entry id"
+                    )))
+                }
+            },
+        };
         let lease_key = self.lease_key(&lease.key);
         let stream = self.stream_key(shard);
         let value: Value = self
@@ -1279,6 +1293,7 @@ impl FleetStore for RedisStore {
             .arg(lease.token.0)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
             .arg(count)
+            .arg(start)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| Self::fenced_err(lease, &stream, e))?;
@@ -1570,6 +1585,10 @@ impl FleetStore for RedisStore {
             .cmd("ZREM")
             .arg(self.reg("worker-exp"))
             .arg(id.as_str())
+            .ignore()
+            .cmd("HDEL")
+            .arg(self.reg("worker-requests"))
+            .arg(id.as_str())
             .ignore();
         pipe.query_async::<()>(&mut self.conn())
             .await
@@ -1608,6 +1627,38 @@ impl FleetStore for RedisStore {
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| store_err(e, &key))
+    }
+    async fn set_worker_request(&self, id: &WorkerId, request: &WorkerRequest) -> StoreResult<()> {
+        let key = self.reg("worker-requests");
+        let cmd = if *request == WorkerRequest::default() {
+            let mut c = redis::cmd("HDEL");
+            c.arg(&key).arg(id.as_str());
+            c
+        } else {
+            let json = serde_json::to_string(request)
+                .map_err(|e| StoreError::Invalid(format!("worker request: {e}")))?;
+            let mut c = redis::cmd("HSET");
+            c.arg(&key).arg(id.as_str()).arg(json);
+            c
+        };
+        cmd.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))
+    }
+
+    async fn worker_request(&self, id: &WorkerId) -> StoreResult<WorkerRequest> {
+        let key = self.reg("worker-requests");
+        let raw: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(id.as_str())
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))?;
+        match raw {
+            None => Ok(WorkerRequest::default()),
+            Some(json) => serde_json::from_slice(&json)
+                .map_err(|e| corrupt(&key, format!("worker request: {e}"))),
+        }
     }
 }
 

@@ -104,11 +104,13 @@ fn all_checks() -> Vec<Check> {
         check!(streams_blocking_read_times_out_empty),
         check!(streams_ack_removes_entries),
         check!(streams_claim_pending_from_dead_consumer),
+        check!(streams_claim_pending_after_a_cursor),
         check!(streams_stats),
         check!(checkpoints_fenced),
         check!(dead_letters_list_replay_purge),
         check!(workers_heartbeat_expire_remove),
         check!(groups_heartbeat_expire_leave),
+        check!(workers_requests_set_read_clear),
     ]
 }
 

@@ -1372,3 +1372,93 @@ pub async fn groups_heartbeat_expire_leave(store: Store) -> Result<()> {
     );
     Ok(())
 }
+
+pub async fn streams_claim_pending_after_a_cursor(store: Store) -> Result<()> {
+    let shard = store.create_shard(10).await?.id;
+    let lease = shard_lease(&store, shard, "w-1", LONG_TTL).await?;
+    let envs: Vec<_> = (1..=5).map(|i| envelope("t", i)).collect();
+    store.append(shard, &envs).await?;
+    let read = store.read(&lease, 5, Duration::ZERO).await?;
+    ensure!(read.len() == 5, "read five");
+    // Walk the pending list two at a time: each page starts after the last id seen.
+    let mut seen = Vec::new();
+    let mut cursor: Option<EntryId> = None;
+    loop {
+        let page = store
+            .claim_pending_after(&lease, cursor.as_ref(), Duration::ZERO, 2)
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        ensure!(page.len() <= 2, "count limits: {page:?}");
+        cursor = page.last().map(|e| e.id.clone());
+        seen.extend(positions(&page)?);
+    }
+    ensure!(
+        seen == (1..=5).map(|i| format!("t#{i}")).collect::<Vec<_>>(),
+        "every pending entry once, in order: {seen:?}"
+    );
+    // Without a cursor the walk starts over; after the newest id there is nothing.
+    let all = store
+        .claim_pending_after(&lease, None, Duration::ZERO, 10)
+        .await?;
+    ensure!(all.len() == 5, "from the start: {all:?}");
+    let none = store
+        .claim_pending_after(&lease, Some(&read[4].id), Duration::ZERO, 10)
+        .await?;
+    ensure!(none.is_empty(), "after the newest: {none:?}");
+    let bad = store
+        .claim_pending_after(&lease, Some(&EntryId("x".into())), Duration::ZERO, 10)
+        .await;
+    ensure!(
+        matches!(bad, Err(StoreError::Invalid(_))),
+        "a malformed cursor is refused: {bad:?}"
+    );
+    Ok(())
+}
+
+pub async fn workers_requests_set_read_clear(store: Store) -> Result<()> {
+    use twinbridge_store::{ShardRelease, WorkerRequest};
+    let id = WorkerId::from("w-r");
+    ensure!(
+        store.worker_request(&id).await? == WorkerRequest::default(),
+        "nothing asked of an unknown worker"
+    );
+    let request = WorkerRequest {
+        drain: true,
+        release: vec![ShardRelease {
+            shard: ShardId(3),
+            until_ms: now_ms() + 60_000,
+        }],
+    };
+    store.set_worker_request(&id, &request).await?;
+    ensure!(store.worker_request(&id).await? == request, "round-trips");
+    ensure!(
+        store.worker_request(&WorkerId::from("other")).await? == WorkerRequest::default(),
+        "per worker"
+    );
+    ensure!(
+        request.releases_at(now_ms()).collect::<Vec<_>>() == vec![ShardId(3)],
+        "live release"
+    );
+    ensure!(
+        request.releases_at(now_ms() + 120_000).next().is_none(),
+        "expired release"
+    );
+    store
+        .set_worker_request(&id, &WorkerRequest::default())
+        .await?;
+    ensure!(
+        store.worker_request(&id).await? == WorkerRequest::default(),
+        "cleared"
+    );
+    // Removing the worker forgets its request.
+    store.heartbeat(&worker("w-r"), LONG_TTL).await?;
+    store.set_worker_request(&id, &request).await?;
+    store.remove_worker(&id).await?;
+    ensure!(
+        store.worker_request(&id).await? == WorkerRequest::default(),
+        "forgotten with the worker"
+    );
+    Ok(())
+}
