@@ -607,6 +607,9 @@ pub async fn assignment_snapshot_consistent_under_writes(store: Store) -> Result
                     .map(|i| thing(&format!("m{i}"), if i % 2 == 0 { to } else { from }, round))
                     .collect();
                 store.put_things(&batch).await?;
+                // Leave the readers room between rounds even on a loaded machine (the memory
+                // store's writes never yield on their own).
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             anyhow::Ok(())
         })
