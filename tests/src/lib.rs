@@ -1,1 +1,152 @@
-//! placeholder
+//! Helpers of the fleet tests: the `twinbridge` binary next to the test executable, service
+//! processes started from one TOML configuration with their logs kept in a directory (printed
+//! when a test fails), killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+/// The `twinbridge` binary Cargo built beside the test executables (`target/<profile>/`).
+pub fn twinbridge_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no profile directory")?;
+    let bin = dir.join("twinbridge");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build -p twinbridge` (cargo test --workspace does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// One service process.
+pub struct Service {
+    pub name: String,
+    pub listen: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts `twinbridge <service> --config <config> --listen <listen>` with extra environment,
+    /// logging to `<dir>/<name>.log`.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        service: &str,
+        config: &Path,
+        listen: &str,
+        env: &[(&str, String)],
+    ) -> Result<Service> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut cmd = Command::new(twinbridge_bin()?);
+        cmd.arg(service)
+            .args(["--config", &config.display().to_string()])
+            .args(["--listen", listen])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Service {
+            name: name.into(),
+            listen: listen.into(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `kill -9`: no graceful step at all.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM and wait for a clean exit (at most `within`).
+    pub async fn stop(&mut self, within: Duration) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+            if !status.success() {
+                bail!("kill -TERM {pid} failed");
+            }
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                if !status.success() {
+                    bail!("{} exited with {status}", self.name);
+                }
+                Ok(())
+            }
+            Err(_) => bail!("{} did not stop within {within:?}", self.name),
+        }
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until `GET /readyz` answers 200.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/readyz", self.listen);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "{} exited with {status}:\n{}",
+                    self.name,
+                    self.log_tail(30)
+                );
+            }
+            if start.elapsed() > within {
+                bail!("{} not ready:\n{}", self.name, self.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; fails with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        if start.elapsed() > within {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
