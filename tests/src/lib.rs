@@ -121,11 +121,7 @@ impl Service {
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                bail!(
-                    "{} exited with {status}:\n{}",
-                    self.name,
-                    self.log_tail(30)
-                );
+                bail!("{} exited with {status}:\n{}", self.name, self.log_tail(30));
             }
             if start.elapsed() > within {
                 bail!("{} not ready:\n{}", self.name, self.log_tail(30));
