@@ -9,21 +9,22 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
-/// The `twinbridge` binary Cargo built beside the test executables (`target/<profile>/`).
+/// The `twinbridge` binary Cargo built beside this executable: `target/<profile>/twinbridge`, seen
+/// from a test (`target/<profile>/deps/`) or from another binary (`target/<profile>/`).
 pub fn twinbridge_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no profile directory")?;
-    let bin = dir.join("twinbridge");
-    if !bin.is_file() {
-        bail!(
-            "{} is missing: build it with `cargo build -p twinbridge` (cargo test --workspace does)",
-            bin.display()
-        );
+    let here = exe.parent().context("executable has no directory")?;
+    for dir in [Some(here), here.parent()].into_iter().flatten() {
+        let bin = dir.join("twinbridge");
+        if bin.is_file() {
+            return Ok(bin);
+        }
     }
-    Ok(bin)
+    bail!(
+        "no twinbridge binary beside {}: build it with `cargo build -p twinbridge` (cargo test \
+         --workspace does)",
+        exe.display()
+    )
 }
 
 /// One service process.
