@@ -302,6 +302,19 @@ async fn the_fleet_end_to_end() {
         all_delivered_in_order(&sim, 3),
         fleet.logs()
     );
+    // The admin API shows who owns the Thing and when it was last handled.
+    eventually("the Thing's last activity", WAIT, || {
+        let admin = admin.clone();
+        async move {
+            let t = admin.get(&format!("/v1/things/{}", thing(7))).await;
+            t["last_activity_ms"].as_u64().is_some_and(|ms| ms > 0)
+                && t["owner"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("worker-"))
+        }
+    })
+    .await
+    .unwrap();
     // Typed: an Integer property holds an integer.
     assert_eq!(sim.sim.current(&thing(7), "rpm").unwrap().value, json!(2));
 

@@ -436,6 +436,7 @@ async fn thing(
         Ok(Json(json!({
             "thing": t,
             "owner": owner.map(|l| l.owner),
+            "last_activity_ms": store.last_activity(&name).await?,
         }))
         .into_response())
     }

@@ -857,6 +857,17 @@ impl Consumer {
         match acked {
             Some(n) => {
                 metrics::counter!("twinbridge_worker_acked_total").increment(n);
+                // When each Thing was last handled (admin `GET /v1/things/{name}`): one call per
+                // batch, off the delivery path; a failure only leaves the time older.
+                if !names.is_empty() {
+                    let store = store.clone();
+                    let names = names.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.record_activity(&names, now_ms()).await {
+                            tracing::debug!(error = %e, "cannot record Thing activity");
+                        }
+                    });
+                }
                 true
             }
             None => false,

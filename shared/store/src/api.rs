@@ -394,6 +394,15 @@ pub trait FleetStore: Send + Sync + 'static {
     /// Removes `member` from `group` at once (graceful stop).
     async fn group_leave(&self, group: &str, member: &str) -> StoreResult<()>;
 
+    // ---------------------------------------------------------------- activity
+
+    /// Records when the fleet last handled a message of each Thing (epoch ms; a later call wins
+    /// only with a larger time). Workers call it once per acknowledged batch, off the hot path.
+    async fn record_activity(&self, things: &[ThingName], at_ms: u64) -> StoreResult<()>;
+
+    /// When the fleet last handled a message of `thing` (epoch ms), if ever.
+    async fn last_activity(&self, thing: &str) -> StoreResult<Option<u64>>;
+
     // ---------------------------------------------------------------- worker requests
 
     /// Stores what the admin asks of a worker (replacing the previous request; the default

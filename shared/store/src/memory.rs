@@ -134,6 +134,8 @@ struct State {
     workers: BTreeMap<WorkerId, Heartbeat>,
     /// group → member → expiry (epoch ms).
     groups: HashMap<String, BTreeMap<String, u64>>,
+    /// Thing → when a message of it was last handled (epoch ms).
+    activity: HashMap<ThingName, u64>,
     worker_requests: HashMap<WorkerId, WorkerRequest>,
 }
 
@@ -156,6 +158,7 @@ impl State {
             dlq_last_id: (0, 0),
             workers: BTreeMap::new(),
             groups: HashMap::new(),
+            activity: HashMap::new(),
             worker_requests: HashMap::new(),
         }
     }
@@ -911,6 +914,21 @@ impl FleetStore for MemoryStore {
         state.workers.remove(id);
         state.worker_requests.remove(id);
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- activity
+
+    async fn record_activity(&self, things: &[ThingName], at_ms: u64) -> StoreResult<()> {
+        let mut state = self.lock();
+        for t in things {
+            let e = state.activity.entry(t.clone()).or_insert(0);
+            *e = (*e).max(at_ms);
+        }
+        Ok(())
+    }
+
+    async fn last_activity(&self, thing: &str) -> StoreResult<Option<u64>> {
+        Ok(self.lock().activity.get(thing).copied())
     }
 
     // ---------------------------------------------------------------- groups

@@ -459,6 +459,19 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
     )
 }
 
+/// KEYS: `{P}:activity`. ARGV: time ms, Thing names. Keeps the larger time per Thing.
+pub fn record_activity() -> String {
+    r#"
+local t = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if t > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+end
+return 1
+"#
+    .to_string()
+}
+
 /// KEYS: `{P}:dlq`. Deletes the whole DLQ and returns how many letters it held.
 pub fn purge_all() -> String {
     r#"

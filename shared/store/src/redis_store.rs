@@ -200,6 +200,7 @@ struct Scripts {
     list_workers: Script,
     purge_all: Script,
     group_heartbeat: Script,
+    record_activity: Script,
 }
 
 impl Scripts {
@@ -224,6 +225,7 @@ impl Scripts {
             list_workers: Script::new(&lua::list_workers()),
             purge_all: Script::new(&lua::purge_all()),
             group_heartbeat: Script::new(&lua::group_heartbeat()),
+            record_activity: Script::new(&lua::record_activity()),
         }
     }
 }
@@ -1593,6 +1595,38 @@ impl FleetStore for RedisStore {
         pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| store_err(e, &key))
+    }
+
+    // ---------------------------------------------------------------- activity
+
+    async fn record_activity(&self, things: &[ThingName], at_ms: u64) -> StoreResult<()> {
+        if things.is_empty() {
+            return Ok(());
+        }
+        let key = self.reg("activity");
+        let mut inv = self.inner.scripts.record_activity.key(&key);
+        inv.arg(at_ms);
+        for t in things {
+            inv.arg(t.as_str());
+        }
+        inv.invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))
+    }
+
+    async fn last_activity(&self, thing: &str) -> StoreResult<Option<u64>> {
+        let key = self.reg("activity");
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(thing)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))?;
+        v.map(|s| {
+            s.parse()
+                .map_err(|_| corrupt(&key, format!("activity of {thing} is `{s}`")))
+        })
+        .transpose()
     }
 
     // ---------------------------------------------------------------- groups

@@ -1465,3 +1465,20 @@ pub async fn workers_requests_set_read_clear(store: Store) -> Result<()> {
     );
     Ok(())
 }
+
+pub async fn activity_keeps_the_latest_time(store: Store) -> Result<()> {
+    ensure!(store.last_activity("a").await?.is_none(), "nothing yet");
+    store
+        .record_activity(&["a".into(), "b".into()], 1_000)
+        .await?;
+    store.record_activity(&["a".into()], 2_000).await?;
+    store.record_activity(&["b".into()], 500).await?;
+    store.record_activity(&[], 9_000).await?;
+    ensure!(store.last_activity("a").await? == Some(2_000), "a: newest");
+    ensure!(
+        store.last_activity("b").await? == Some(1_000),
+        "b: an older time never wins"
+    );
+    ensure!(store.last_activity("c").await?.is_none(), "c: never");
+    Ok(())
+}
