@@ -25,6 +25,17 @@ pub struct Admin {
     pub token: Option<String>,
     /// One on-demand sync at a time.
     pub syncing: tokio::sync::Mutex<()>,
+    /// The worker launcher's last round (shown by `GET /v1/fleet`).
+    pub launcher: std::sync::Mutex<Option<crate::launcher::LauncherReport>>,
+}
+
+impl Admin {
+    fn launcher_report(&self) -> Value {
+        match self.launcher.lock() {
+            Ok(r) => serde_json::to_value(&*r).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -120,6 +131,7 @@ async fn fleet(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
                 "workers": store.list_workers().await?.len(),
                 "backlog": backlog,
                 "dead_letters": store.dead_letter_count().await?,
+                "launcher": admin.launcher_report(),
             }))
             .into_response(),
         )

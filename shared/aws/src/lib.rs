@@ -49,6 +49,56 @@ impl std::fmt::Debug for ShadowConfig {
     }
 }
 
+/// What every AWS client of twinbridge is built from (shadows, ECS).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// The region; the SDK's default chain (`AWS_REGION`, profile, IMDS) when absent.
+    pub region: Option<String>,
+    /// An endpoint override (a test stand-in such as moto); the SDK's default when absent.
+    pub endpoint: Option<String>,
+    /// Static credentials; the default provider chain when absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Per-operation timeout (retries included).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The shared SDK configuration for these settings (no network call yet, except where the
+/// default chains look up the region or credentials).
+pub async fn sdk_config(settings: &ClientSettings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .operation_timeout(settings.timeout)
+            .build(),
+    );
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+        loader =
+            loader.credentials_provider(Credentials::from_keys(id.clone(), secret.clone(), None));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    loader.load().await
+}
+
 /// A failed shadow write, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum ShadowError {
@@ -100,24 +150,14 @@ pub fn desired_document(desired: &Map<String, Value>) -> Value {
 impl ShadowWriter {
     /// Builds the client (no network call yet).
     pub async fn new(config: &ShadowConfig) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(config.region.clone()))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(config.timeout)
-                    .build(),
-            );
-        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::from_keys(
-                id.clone(),
-                secret.clone(),
-                None,
-            ));
-        }
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let shared = loader.load().await;
+        let shared = sdk_config(&ClientSettings {
+            region: Some(config.region.clone()),
+            endpoint: config.endpoint.clone(),
+            access_key_id: config.access_key_id.clone(),
+            secret_access_key: config.secret_access_key.clone(),
+            timeout: config.timeout,
+        })
+        .await;
         ShadowWriter {
             client: aws_sdk_iotdataplane::Client::new(&shared),
             shadow_name: config.shadow_name.clone(),
