@@ -173,6 +173,133 @@ async fn process_launcher_names_a_program_it_cannot_start() {
     assert!(e.to_string().contains("/nonexistent/twinbridge"), "{e}");
 }
 
+// ---------------------------------------------------------------- in the scheduler
+
+/// A worker stand-in that records its start and its SIGTERM in `$MARKS`.
+const RECORDING: &str = r#"echo up > "$MARKS/started-$$"
+trap 'kill $! 2>/dev/null; echo term > "$MARKS/term-$$"; exit 0' TERM
+sleep 300 &
+wait"#;
+
+fn marked(dir: &Path, prefix: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix(prefix)?.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+async fn fleet_launcher(admin: u16) -> Value {
+    let fleet: Value = reqwest::get(format!("http://127.0.0.1:{admin}/v1/fleet"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    fleet["launcher"].clone()
+}
+
+#[tokio::test]
+async fn only_the_leader_launches_and_a_stopping_leader_stops_its_workers() {
+    let redis = twinbridge_test_support::RedisServer::start().await.unwrap();
+    let options = twinbridge_store::redis_store::RedisStoreOptions {
+        urls: vec![redis.url()],
+        prefix: twinbridge_test_support::unique_prefix("launch"),
+        ..Default::default()
+    };
+    let sim = twinbridge_platform_sim::spawn(twinbridge_platform_sim::SimOptions {
+        generate: 5,
+        ..twinbridge_platform_sim::SimOptions::for_tests()
+    })
+    .await
+    .unwrap();
+    let replica = |marks: &Path, shutdown: tokio_util::sync::CancellationToken| {
+        let mut config = Config::default();
+        config.platform.url = sim.url();
+        config.platform.app_key = Some(Secret::new(sim.app_key()));
+        let admin = free_port();
+        config.scheduler.listen = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+        config.scheduler.discovery_interval = Duration::from_secs(3600);
+        let l = &mut config.scheduler.launcher;
+        l.min_workers = 2;
+        l.interval = Duration::from_millis(200);
+        l.process.program = Some(PathBuf::from("/bin/sh"));
+        l.process.args = vec!["-c".into(), RECORDING.into()];
+        l.process
+            .env
+            .insert("MARKS".into(), marks.display().to_string());
+        l.process.stop_grace = Duration::from_secs(3);
+        let task = tokio::spawn(twinbridge_scheduler::run(
+            config,
+            twinbridge_store::StoreOptions::Redis(options.clone()),
+            shutdown,
+        ));
+        (admin, task)
+    };
+    let wait_marks = |dir: PathBuf, prefix: &'static str, n: usize| async move {
+        let start = Instant::now();
+        while marked(&dir, prefix).len() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{prefix}: {:?}",
+                marked(&dir, prefix)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        marked(&dir, prefix)
+    };
+
+    // A leads and starts min_workers = 2 workers.
+    let (marks_a, marks_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let stop_a = tokio_util::sync::CancellationToken::new();
+    let (admin_a, a) = replica(marks_a.path(), stop_a.clone());
+    let started = wait_marks(marks_a.path().to_path_buf(), "started-", 2).await;
+    assert_eq!(started.len(), 2);
+
+    // B follows: it launches nothing.
+    let stop_b = tokio_util::sync::CancellationToken::new();
+    let (admin_b, b) = replica(marks_b.path(), stop_b.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(marked(marks_b.path(), "started-").is_empty());
+    assert_eq!(
+        marked(marks_a.path(), "started-"),
+        started,
+        "A started no more"
+    );
+    let la = fleet_launcher(admin_a).await;
+    assert_eq!(la["kind"], "process", "{la}");
+    assert_eq!(la["leading"], true, "{la}");
+    assert_eq!(la["last"]["desired"], 2, "{la}");
+    assert_eq!(la["last"]["running"], 2, "{la}");
+    let lb = fleet_launcher(admin_b).await;
+    assert_eq!(lb["leading"], false, "{lb}");
+    assert_eq!(lb["last"], Value::Null, "{lb}");
+
+    // A stops: its workers get SIGTERM and exit; B takes the lead and starts its own.
+    stop_a.cancel();
+    tokio::time::timeout(Duration::from_secs(15), a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(marked(marks_a.path(), "term-"), started);
+    for pid in &started {
+        assert!(!alive(*pid), "worker {pid} outlived its scheduler");
+    }
+    let taken_over = wait_marks(marks_b.path().to_path_buf(), "started-", 2).await;
+    stop_b.cancel();
+    tokio::time::timeout(Duration::from_secs(15), b)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(marked(marks_b.path(), "term-"), taken_over);
+}
+
 // ---------------------------------------------------------------- ECS
 
 const CLUSTER: &str = "tb-fleet";
