@@ -1,5 +1,6 @@
 //! The whole fleet as separate OS processes on real parts — Redis, moto server (Kinesis and the IoT
-//! data plane), the platform simulator, one scheduler, two routers and three workers — driven
+//! data plane), the platform simulator, one scheduler, two routers and three workers that the
+//! scheduler's process launcher starts (and restarts) — driven
 //! through the scenarios users depend on, counting every message end to end (sent vs. recorded by
 //! the simulator, per Thing, in order):
 //!
@@ -159,6 +160,15 @@ shard_capacity = 300
 shards_per_worker = 2
 move_grace = "600ms"
 
+[scheduler.launcher]
+kind = "process"
+min_workers = 3
+max_workers = 3
+interval = "300ms"
+
+[scheduler.launcher.process]
+stop_grace = "10s"
+
 [router]
 refresh_interval = "100ms"
 
@@ -201,10 +211,7 @@ struct Fleet {
 
 impl Fleet {
     async fn start(&mut self, name: &str, service: &str, listen: &str) {
-        let env = vec![
-            ("TWINBRIDGE_ROUTER__ID", name.to_string()),
-            ("TWINBRIDGE_WORKER__ID", name.to_string()),
-        ];
+        let env = vec![("TWINBRIDGE_ROUTER__ID", name.to_string())];
         let mut s =
             Service::start(self.dir.path(), name, service, &self.config, listen, &env).unwrap();
         s.wait_ready(Duration::from_secs(30)).await.unwrap();
@@ -234,7 +241,7 @@ async fn the_fleet_end_to_end() {
     .unwrap();
     let kinesis = {
         let cfg = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess {
-            region: "us-east-1".into(),
+            region: Some("us-east-1".into()),
             endpoint: Some(moto.endpoint()),
             access_key_id: Some("test".into()),
             secret_access_key: Some("test".into()),
@@ -277,16 +284,12 @@ async fn the_fleet_end_to_end() {
     fleet
         .start("router-2", "router", &format!("127.0.0.1:{}", free_port()))
         .await;
-    for w in ["worker-1", "worker-2", "worker-3"] {
-        fleet
-            .start(w, "worker", &format!("127.0.0.1:{}", free_port()))
-            .await;
-    }
-    eventually("every shard owned", WAIT, || {
+    // The scheduler's process launcher starts the three workers.
+    eventually("three workers owning every shard", WAIT, || {
         let admin = admin.clone();
         async move {
             let f = admin.get("/v1/fleet").await;
-            f["shards"] == json!(4) && f["shards_owned"] == json!(4)
+            f["shards"] == json!(4) && f["shards_owned"] == json!(4) && f["workers"] == json!(3)
         }
     })
     .await
@@ -383,7 +386,20 @@ async fn the_fleet_end_to_end() {
     })
     .await
     .unwrap();
-    fleet.services.get_mut("worker-1").unwrap().kill().await;
+    // The worker owning the most shards dies without any graceful step.
+    let workers = admin.get("/v1/workers").await;
+    let victim = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|w| w["shards"].as_array().map_or(0, Vec::len))
+        .unwrap()
+        .clone();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &victim["pid"].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
     producer.await.unwrap();
     let r = eventually("rounds 0..8 delivered after the kill", WAIT, || async {
         all_delivered_in_order(&sim, 8).is_ok()
@@ -395,15 +411,17 @@ async fn the_fleet_end_to_end() {
         all_delivered_in_order(&sim, 8),
         fleet.logs()
     );
-    let workers = admin.get("/v1/workers").await;
-    assert!(
-        workers
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["id"] != json!("worker-1")),
-        "the killed worker is gone: {workers}"
-    );
+    // The launcher replaced it: three live workers again, the killed one not among them.
+    eventually("a replacement worker", WAIT, || {
+        let (admin, victim) = (admin.clone(), victim["id"].clone());
+        async move {
+            let w = admin.get("/v1/workers").await;
+            let w = w.as_array().unwrap().clone();
+            w.len() == 3 && w.iter().all(|w| w["id"] != victim)
+        }
+    })
+    .await
+    .unwrap();
 
     // ---- 5. restart a router; records published meanwhile are read from the checkpoints
     let r1 = fleet.services.get_mut("router-1").unwrap();
@@ -429,7 +447,14 @@ async fn the_fleet_end_to_end() {
         let k = kinesis.clone();
         tokio::spawn(async move { put_rounds(&k, 10..14).await })
     };
-    let drained = admin.post("/v1/workers/worker-2/drain", None).await;
+    let workers = admin.get("/v1/workers").await;
+    let drained_id = workers.as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drained = admin
+        .post(&format!("/v1/workers/{drained_id}/drain"), None)
+        .await;
     assert!(drained.is_object(), "{drained}");
     // Discovery filled shards of 300 in order (300, 300, 300, 100): the plan evens them out with
     // ordered Thing moves, applied while records keep coming.
@@ -440,19 +465,14 @@ async fn the_fleet_end_to_end() {
         "{plan}"
     );
     producer.await.unwrap();
-    eventually("worker-2 owns nothing", WAIT, || {
-        let admin = admin.clone();
+    eventually("the drained worker owns nothing", WAIT, || {
+        let (admin, id) = (admin.clone(), drained_id.clone());
         async move {
-            admin
-                .get("/v1/workers")
-                .await
-                .as_array()
+            let w = admin.get("/v1/workers").await;
+            w.as_array()
                 .unwrap()
                 .iter()
-                .any(|w| {
-                    w["id"] == json!("worker-2")
-                        && w["shards"].as_array().is_some_and(Vec::is_empty)
-                })
+                .any(|w| w["id"] == json!(id) && w["shards"].as_array().is_some_and(Vec::is_empty))
         }
     })
     .await
@@ -534,9 +554,8 @@ async fn the_fleet_end_to_end() {
     })
     .await
     .unwrap();
+    // A clean stop of everything; the scheduler stops the workers it launched.
     for (_, mut s) in std::mem::take(&mut fleet.services) {
-        if s.name != "worker-1" {
-            s.stop(Duration::from_secs(15)).await.unwrap();
-        }
+        s.stop(Duration::from_secs(20)).await.unwrap();
     }
 }

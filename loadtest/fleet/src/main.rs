@@ -262,6 +262,9 @@ app_key = "{key}"
 [scheduler]
 discovery_interval = "1h"
 shard_capacity = 1000
+[scheduler.launcher]
+# fleet-load starts the workers itself, to measure each process.
+kind = "external"
 [router]
 max_batch_messages = 5000
 [worker]

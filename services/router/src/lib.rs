@@ -160,7 +160,7 @@ async fn run_inner(
         let k = &config.router.kinesis;
         let reader = twinbridge_aws::kinesis::KinesisReader::new(
             &twinbridge_aws::AwsAccess {
-                region: k.region.clone(),
+                region: Some(k.region.clone()),
                 endpoint: k.endpoint.clone(),
                 access_key_id: k.access_key_id.clone(),
                 secret_access_key: k.secret_access_key.as_ref().map(|s| s.expose().to_string()),

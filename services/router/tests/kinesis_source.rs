@@ -23,7 +23,7 @@ const STREAM: &str = "iot-telemetry";
 
 async fn kinesis(endpoint: &str) -> aws_sdk_kinesis::Client {
     let cfg = twinbridge_aws::sdk_config(&AwsAccess {
-        region: "us-east-1".into(),
+        region: Some("us-east-1".into()),
         endpoint: Some(endpoint.to_string()),
         access_key_id: Some("test".into()),
         secret_access_key: Some("test".into()),

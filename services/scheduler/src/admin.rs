@@ -38,6 +38,17 @@ pub struct Admin {
     pub syncing: tokio::sync::Mutex<()>,
     /// How long a move waits for the routers (`scheduler.move_grace`).
     pub move_grace: std::time::Duration,
+    /// The worker launcher's last round (shown by `GET /v1/fleet`).
+    pub launcher: std::sync::Mutex<Option<crate::launcher::LauncherReport>>,
+}
+
+impl Admin {
+    fn launcher_report(&self) -> Value {
+        match self.launcher.lock() {
+            Ok(r) => serde_json::to_value(&*r).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -371,6 +382,7 @@ async fn fleet(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
                 "workers": store.list_workers().await?.len(),
                 "backlog": backlog,
                 "dead_letters": store.dead_letter_count().await?,
+                "launcher": admin.launcher_report(),
             }))
             .into_response(),
         )

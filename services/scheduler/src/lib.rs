@@ -10,12 +10,14 @@
 //! - [`moves`]: ordered Thing moves between shards (hold / handoff / release markers).
 //! - [`rebalance`]: the pure rebalance planner.
 //! - [`provision`]: auto-provisioning of devices the fleet does not know (off by default).
-//!
-//! Not built yet (issue 4): worker launchers, dead-worker hand-off beyond the workers' own lease
-//! takeover.
+//! - [`launcher`]: the leader keeps the worker fleet at `ceil(shards / shards_per_worker)`
+//!   (clamped to `min_workers..=max_workers`) every `launcher.interval`: child processes, ECS
+//!   tasks, the replicas of a Kubernetes workload, or nothing (`external`). Followers launch
+//!   nothing; on stop, the process launcher stops its children.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod launcher;
 pub mod moves;
 pub mod provision;
 pub mod rebalance;
@@ -24,13 +26,15 @@ pub mod sync;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use twinbridge_config::Config;
+use twinbridge_config::{Config, LauncherKind};
 use twinbridge_platform::{PlatformClient, PlatformError};
 use twinbridge_store::{open_with_retry, FleetStore, Lease, LeaseKey, StoreError, StoreOptions};
 use twinbridge_telemetry::{spawn_http, Health};
 
+use crate::launcher::{desired_workers, Launcher, LauncherError, LauncherReport};
 use crate::sync::{sync_once, SyncSettings};
 
 /// The role lease the active scheduler holds.
@@ -50,6 +54,8 @@ pub enum SchedulerError {
     Platform(#[from] PlatformError),
     #[error("scheduler: {key}: {problem}")]
     Config { key: &'static str, problem: String },
+    #[error("scheduler: {0}")]
+    Launcher(#[from] LauncherError),
 }
 
 /// The sync settings `[scheduler]` describes.
@@ -94,6 +100,7 @@ async fn run_inner(
                     .into(),
             })?,
     )?);
+    let launcher = build_launcher(&config, &store).await?;
     let listen = config.scheduler.listen;
     let health = Health::new();
     health.not_ready("store", "connecting");
@@ -108,6 +115,7 @@ async fn run_inner(
             .map(|t| t.expose().to_string()),
         syncing: tokio::sync::Mutex::new(()),
         move_grace: config.scheduler.move_grace,
+        launcher: std::sync::Mutex::new(None),
     });
     let app = health.router().merge(admin::router(admin.clone()));
     let (addr, http) = spawn_http(listen, app, shutdown.clone())
@@ -126,35 +134,173 @@ async fn run_inner(
         "scheduler-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let launching = tokio::spawn(
+        launch(
+            store.clone(),
+            launcher,
+            leading_rx,
+            LaunchSettings::from(&config),
+            admin.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
     lead(
         &*store,
         &platform,
-        &sync_settings(&config),
+        LeaderDuties {
+            sync: &sync_settings(&config),
+            interval: config.scheduler.discovery_interval,
+            provision: config
+                .scheduler
+                .auto_provision
+                .enabled
+                .then_some(&config.scheduler.auto_provision),
+        },
         &me,
-        config.scheduler.discovery_interval,
-        config
-            .scheduler
-            .auto_provision
-            .enabled
-            .then_some(&config.scheduler.auto_provision),
+        &leading_tx,
         &shutdown,
     )
     .await;
+    let _ = launching.await;
     let _ = http.await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// The launcher `[scheduler.launcher]` describes. Child processes need a store they can share:
+/// with the in-process memory store, the process launcher is replaced by `external`.
+async fn build_launcher(
+    config: &Config,
+    store: &StoreOptions,
+) -> Result<Box<dyn Launcher>, SchedulerError> {
+    if config.scheduler.launcher.kind == LauncherKind::Process
+        && matches!(store, StoreOptions::Memory(_))
+    {
+        tracing::warn!(
+            "scheduler.launcher.kind = \"process\" needs a store worker processes can share \
+             (store.backend = \"redis\"); launching no workers"
+        );
+        let mut c = config.clone();
+        c.scheduler.launcher.kind = LauncherKind::External;
+        return Ok(launcher::build(&c).await?);
+    }
+    Ok(launcher::build(config).await?)
+}
+
+/// What the launch loop needs from the configuration.
+struct LaunchSettings {
+    shards_per_worker: u32,
+    min_workers: u32,
+    max_workers: u32,
+    interval: Duration,
+}
+
+impl From<&Config> for LaunchSettings {
+    fn from(c: &Config) -> Self {
+        let l = &c.scheduler.launcher;
+        LaunchSettings {
+            shards_per_worker: c.scheduler.shards_per_worker,
+            min_workers: l.min_workers,
+            max_workers: l.max_workers,
+            interval: l.interval,
+        }
+    }
+}
+
+/// While this replica leads: every `interval` (and at once on taking the lead), reconciles the
+/// worker fleet to the size the shard count asks for. On stop, shuts the launcher down.
+async fn launch(
+    store: Arc<dyn FleetStore>,
+    launcher: Box<dyn Launcher>,
+    mut leading: watch::Receiver<bool>,
+    settings: LaunchSettings,
+    admin: Arc<admin::Admin>,
+    shutdown: CancellationToken,
+) {
+    let kind = launcher.kind();
+    tracing::info!(kind, "worker launcher ready");
+    let report = |r: LauncherReport| {
+        if let Ok(mut slot) = admin.launcher.lock() {
+            *slot = Some(r);
+        }
+    };
+    loop {
+        let is_leader = *leading.borrow_and_update();
+        if is_leader {
+            let round = async {
+                let shards = store.list_shards().await?.len();
+                let desired = desired_workers(
+                    shards,
+                    settings.shards_per_worker,
+                    settings.min_workers,
+                    settings.max_workers,
+                );
+                metrics::gauge!("twinbridge_launcher_desired_workers").set(f64::from(desired));
+                Ok::<_, SchedulerError>(launcher.reconcile(desired).await?)
+            };
+            match round.await {
+                Ok(status) => {
+                    launcher::record(kind, &status);
+                    tracing::debug!(kind, ?status, "workers reconciled");
+                    report(LauncherReport {
+                        kind,
+                        leading: true,
+                        last: Some(status),
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(kind, error = %e, "worker launch round failed; retrying next round");
+                    report(LauncherReport {
+                        kind,
+                        leading: true,
+                        last: None,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        } else {
+            report(LauncherReport {
+                kind,
+                leading: false,
+                last: None,
+                error: None,
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = leading.changed() => {}
+            _ = tokio::time::sleep(settings.interval) => {}
+        }
+    }
+    launcher.shutdown().await;
+}
+
+/// What the leader does each round.
+struct LeaderDuties<'a> {
+    sync: &'a SyncSettings,
+    /// How often discovery runs.
+    interval: Duration,
+    /// Auto-provisioning, when enabled.
+    provision: Option<&'a twinbridge_config::AutoProvision>,
 }
 
 /// Takes the leader lease when free, syncs every `interval` while holding it, releases it on stop.
 async fn lead(
     store: &dyn FleetStore,
     platform: &PlatformClient,
-    settings: &SyncSettings,
+    duties: LeaderDuties<'_>,
     me: &str,
-    interval: Duration,
-    provision: Option<&twinbridge_config::AutoProvision>,
+    leading: &watch::Sender<bool>,
     shutdown: &CancellationToken,
 ) {
+    let LeaderDuties {
+        sync: settings,
+        interval,
+        provision,
+    } = duties;
     let ttl = Duration::from_secs(10);
     let key = LeaseKey::Role(LEADER_ROLE.into());
     let mut lease: Option<Lease> = None;
@@ -183,6 +329,7 @@ async fn lead(
             },
         };
         metrics::gauge!("twinbridge_scheduler_leader").set(if lease.is_some() { 1.0 } else { 0.0 });
+        leading.send_if_modified(|l| std::mem::replace(l, lease.is_some()) != lease.is_some());
         if lease.is_some() && tokio::time::Instant::now() >= next_sync {
             match sync_once(platform, store, settings).await {
                 Ok(_) => {}
@@ -207,4 +354,5 @@ async fn lead(
     if let Some(l) = lease {
         let _ = store.release_lease(&l).await;
     }
+    leading.send_replace(false);
 }

@@ -55,6 +55,8 @@ async fn admin_api_status_sync_and_dead_letters() {
     .await
     .unwrap();
     let mut config = Config::default();
+    // The test runs no worker processes.
+    config.scheduler.launcher.kind = twinbridge_config::LauncherKind::External;
     config.platform.url = sim.url();
     config.platform.app_key = Some(Secret::new(sim.app_key()));
     config.scheduler.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));

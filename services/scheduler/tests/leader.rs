@@ -38,6 +38,8 @@ async fn a_dead_leaders_role_is_taken_over_and_the_new_leader_syncs() {
     .unwrap();
     let replica = |shutdown: CancellationToken| {
         let mut config = Config::default();
+        // The test runs no worker processes.
+        config.scheduler.launcher.kind = twinbridge_config::LauncherKind::External;
         config.platform.url = sim.url();
         config.platform.app_key = Some(Secret::new(sim.app_key()));
         config.scheduler.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));

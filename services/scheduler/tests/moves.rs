@@ -112,6 +112,7 @@ async fn moves_keep_order_drains_hand_over_and_rebalance_converges() {
     config.scheduler.admin_token = Some(Secret::new("adm1n"));
     config.scheduler.shard_capacity = 20;
     config.scheduler.move_grace = Duration::from_millis(500);
+    config.scheduler.launcher.kind = twinbridge_config::LauncherKind::External;
     let base = format!("http://{}", config.scheduler.listen);
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(twinbridge_scheduler::run(

@@ -51,6 +51,8 @@ pub async fn run(args: DemoArgs, mut config: Config) -> anyhow::Result<()> {
     config.platform.url = sim.url();
     config.platform.app_key = Some(Secret::new(sim.app_key()));
     config.scheduler.discovery_interval = Duration::from_secs(30);
+    // The demo's worker runs in this process.
+    config.scheduler.launcher.kind = twinbridge_config::LauncherKind::External;
     let memory = MemoryStore::new();
     let store = StoreOptions::Memory(memory.clone());
 

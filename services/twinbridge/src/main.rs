@@ -213,7 +213,14 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
     }
 }
 
-async fn run_services(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run_services(command: Command, mut config: Config) -> anyhow::Result<()> {
+    if matches!(command, Command::All)
+        && config.scheduler.launcher.kind == twinbridge_config::LauncherKind::Process
+    {
+        // The worker runs in this process; the process launcher would start more beside it.
+        tracing::info!("`twinbridge all` runs its own worker: no worker processes are launched");
+        config.scheduler.launcher.kind = twinbridge_config::LauncherKind::External;
+    }
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let store = store_options(&config);

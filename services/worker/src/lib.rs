@@ -102,7 +102,7 @@ pub async fn device_sink(config: &Config) -> Option<Arc<dyn DeviceSink>> {
     }
     let writer = ShadowWriter::new(&ShadowConfig {
         access: twinbridge_aws::AwsAccess {
-            region: s.region.clone(),
+            region: Some(s.region.clone()),
             endpoint: s.endpoint.clone(),
             access_key_id: s.access_key_id.clone(),
             secret_access_key: s.secret_access_key.as_ref().map(|k| k.expose().to_string()),

@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 /// How to reach an AWS service: region, endpoint override, credentials, per-call timeout.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AwsAccess {
-    pub region: String,
+    /// The region; the SDK's default chain (`AWS_REGION`, profile, IMDS) when absent.
+    pub region: Option<String>,
     /// An endpoint override (VPC endpoint, test stand-in); the SDK's default when absent.
     pub endpoint: Option<String>,
     /// Static credentials; the default provider chain (env, profile, IMDS, ECS/EKS roles) when
@@ -45,15 +46,17 @@ impl std::fmt::Debug for AwsAccess {
     }
 }
 
-/// The SDK configuration for `access` (no network call).
+/// The SDK configuration for `access` (no network call yet, except where the default chains
+/// look up the region or credentials).
 pub async fn sdk_config(access: &AwsAccess) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(access.region.clone()))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(access.timeout)
-                .build(),
-        );
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .operation_timeout(access.timeout)
+            .build(),
+    );
+    if let Some(region) = &access.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
     if let (Some(id), Some(secret)) = (&access.access_key_id, &access.secret_access_key) {
         loader =
             loader.credentials_provider(Credentials::from_keys(id.clone(), secret.clone(), None));
@@ -212,7 +215,7 @@ mod tests {
         );
         let c = ShadowConfig {
             access: AwsAccess {
-                region: "eu-central-1".into(),
+                region: Some("eu-central-1".into()),
                 endpoint: None,
                 access_key_id: Some("AKIA".into()),
                 secret_access_key: Some("very-secret".into()),
@@ -227,7 +230,7 @@ mod tests {
     async fn connection_refused_is_retryable() {
         let w = ShadowWriter::new(&ShadowConfig {
             access: AwsAccess {
-                region: "us-east-1".into(),
+                region: Some("us-east-1".into()),
                 endpoint: Some("http://127.0.0.1:1".into()),
                 access_key_id: Some("test".into()),
                 secret_access_key: Some("test".into()),

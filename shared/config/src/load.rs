@@ -106,6 +106,7 @@ impl Loader {
         let mut config: Config = figment.extract().map_err(|e| {
             ConfigError::Invalid(e.into_iter().map(Problem::from_figment).collect())
         })?;
+        config.source_file = self.file.clone();
         let problems = validate(&mut config);
         if problems.is_empty() {
             Ok(config)
@@ -401,5 +402,62 @@ thing_pointer = "device/id"
         ] {
             assert!(got.iter().any(|k| k == want), "{want} missing from {got:?}");
         }
+    }
+
+    #[test]
+    fn launcher_defaults_and_file_source() {
+        let f = file("[scheduler.launcher]\nkind = \"external\"\n");
+        let c = Loader::new().file(f.path()).load().unwrap();
+        let l = &c.scheduler.launcher;
+        assert_eq!(l.kind, crate::model::LauncherKind::External);
+        assert_eq!((l.min_workers, l.max_workers), (1, 64));
+        assert_eq!(l.interval, Duration::from_secs(5));
+        assert_eq!(l.process.args, vec!["worker".to_string()]);
+        assert_eq!(l.ecs.launch_type, "FARGATE");
+        assert_eq!(c.source_file.as_deref(), Some(f.path()));
+        let c = Loader::new().load().unwrap();
+        assert_eq!(
+            c.scheduler.launcher.kind,
+            crate::model::LauncherKind::Process
+        );
+        assert_eq!(c.source_file, None);
+    }
+
+    #[test]
+    fn launcher_problems_are_named() {
+        let f = file(
+            r#"
+            [scheduler.launcher]
+            kind = "ecs"
+            min_workers = 5
+            max_workers = 2
+            [scheduler.launcher.ecs]
+            task_definition = "tb-worker"
+            access_key_id = "AKIA"
+            "#,
+        );
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        let k = keys(&e);
+        for want in [
+            "scheduler.launcher.min_workers",
+            "scheduler.launcher.ecs.cluster",
+            "scheduler.launcher.ecs.container_name",
+            "scheduler.launcher.ecs.subnets",
+            "scheduler.launcher.ecs.access_key_id",
+        ] {
+            assert!(k.contains(&want.to_string()), "{want} missing in {k:?}");
+        }
+        assert!(!k.contains(&"scheduler.launcher.ecs.task_definition".to_string()));
+
+        let f = file("[scheduler.launcher]\nkind = \"kubernetes\"\n[scheduler.launcher.kubernetes]\nworkload = \"Deployment\"\n");
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        assert_eq!(
+            keys(&e),
+            vec!["scheduler.launcher.kubernetes.name".to_string()]
+        );
+
+        let f = file("[scheduler.launcher]\nkind = \"docker\"\n");
+        let e = Loader::new().file(f.path()).load().unwrap_err();
+        assert_eq!(keys(&e), vec!["scheduler.launcher.kind".to_string()]);
     }
 }

@@ -20,6 +20,10 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub router: RouterConfig,
     pub worker: WorkerConfig,
+    /// The file this configuration was loaded from (not a key: set by the loader), so that the
+    /// process launcher can hand the same file to the workers it starts.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
 }
 
 /// Log output.
@@ -157,6 +161,8 @@ pub struct SchedulerConfig {
     pub move_grace: Duration,
     /// Creating Things for devices the fleet does not know yet.
     pub auto_provision: AutoProvision,
+    /// How the leader keeps the worker fleet at its desired size.
+    pub launcher: LauncherConfig,
 }
 
 /// `[scheduler.auto_provision]`: with `router.unknown_thing = "provision"`, routers hold messages of
@@ -190,6 +196,175 @@ impl Default for AutoProvision {
     }
 }
 
+/// `[scheduler.launcher]`: starts and stops workers so that their number follows the shard count
+/// (`ceil(shards / shards_per_worker)`, clamped to `min_workers..=max_workers`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LauncherConfig {
+    /// `process` (child processes of the scheduler), `ecs` (Fargate tasks), `kubernetes` (the
+    /// replicas of a StatefulSet or Deployment) or `external` (nothing is launched).
+    pub kind: LauncherKind,
+    /// Fewest workers, even without shards.
+    pub min_workers: u32,
+    /// Most workers.
+    pub max_workers: u32,
+    /// How often the leader reconciles the worker fleet.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub process: ProcessLauncherConfig,
+    pub ecs: EcsLauncherConfig,
+    pub kubernetes: KubernetesLauncherConfig,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        LauncherConfig {
+            kind: LauncherKind::Process,
+            min_workers: 1,
+            max_workers: 64,
+            interval: Duration::from_secs(5),
+            process: ProcessLauncherConfig::default(),
+            ecs: EcsLauncherConfig::default(),
+            kubernetes: KubernetesLauncherConfig::default(),
+        }
+    }
+}
+
+/// `scheduler.launcher.kind`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    #[default]
+    Process,
+    Ecs,
+    Kubernetes,
+    External,
+}
+
+/// `[scheduler.launcher.process]`: workers as child processes of the scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessLauncherConfig {
+    /// The worker program; the scheduler's own executable when absent.
+    pub program: Option<PathBuf>,
+    /// Its arguments; `--config <file>` is appended when the scheduler was started from a file.
+    pub args: Vec<String>,
+    /// Extra environment variables of the workers (on top of the scheduler's own).
+    pub env: BTreeMap<String, String>,
+    /// Workers' health endpoints listen on this address…
+    pub listen_host: std::net::IpAddr,
+    /// …and port `first_port + slot`; any free port when 0.
+    pub first_port: u16,
+    /// How long a stopped worker may take to exit after SIGTERM before it is killed.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+}
+
+impl Default for ProcessLauncherConfig {
+    fn default() -> Self {
+        ProcessLauncherConfig {
+            program: None,
+            args: vec!["worker".into()],
+            env: BTreeMap::new(),
+            listen_host: std::net::IpAddr::from([127, 0, 0, 1]),
+            first_port: 0,
+            stop_grace: Duration::from_secs(8),
+        }
+    }
+}
+
+/// `[scheduler.launcher.ecs]`: workers as ECS tasks (Fargate, `awsvpc` networking).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EcsLauncherConfig {
+    /// Cluster name or ARN.
+    pub cluster: String,
+    /// Task definition: `family`, `family:revision` or ARN.
+    pub task_definition: String,
+    /// The worker's container in the task definition (environment overrides go there).
+    pub container_name: String,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub assign_public_ip: bool,
+    /// `FARGATE`, `FARGATE_SPOT`… or `EC2`.
+    pub launch_type: String,
+    /// Environment variables set on the worker container.
+    pub environment: BTreeMap<String, String>,
+    /// Tags of every task started.
+    pub tags: BTreeMap<String, String>,
+    /// AWS region; the SDK's default chain (`AWS_REGION`, profile, instance metadata) when absent.
+    pub region: Option<String>,
+    /// An ECS endpoint (a test stand-in); the SDK's default when absent.
+    pub endpoint_url: Option<String>,
+    /// Static credentials; the default chain (env, profile, ECS task role, IMDS) when absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Per-call timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for EcsLauncherConfig {
+    fn default() -> Self {
+        EcsLauncherConfig {
+            cluster: String::new(),
+            task_definition: String::new(),
+            container_name: String::new(),
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            assign_public_ip: false,
+            launch_type: "FARGATE".into(),
+            environment: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            region: None,
+            endpoint_url: None,
+            access_key_id: None,
+            secret_access_key: None,
+            secret_access_key_file: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[scheduler.launcher.kubernetes]`: workers as the replicas of a StatefulSet or Deployment,
+/// scaled through its `scale` subresource.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesLauncherConfig {
+    pub namespace: String,
+    /// `StatefulSet` or `Deployment`.
+    pub workload: WorkloadKind,
+    /// The workload's name.
+    pub name: String,
+    /// The API server; the in-cluster service account (or a kubeconfig) when absent. Without
+    /// credentials: for tests.
+    pub api_url: Option<String>,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for KubernetesLauncherConfig {
+    fn default() -> Self {
+        KubernetesLauncherConfig {
+            namespace: "default".into(),
+            workload: WorkloadKind::StatefulSet,
+            name: String::new(),
+            api_url: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `scheduler.launcher.kubernetes.workload`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum WorkloadKind {
+    #[default]
+    StatefulSet,
+    Deployment,
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
@@ -204,6 +379,7 @@ impl Default for SchedulerConfig {
             shards_per_worker: 8,
             move_grace: Duration::from_secs(1),
             auto_provision: AutoProvision::default(),
+            launcher: LauncherConfig::default(),
         }
     }
 }

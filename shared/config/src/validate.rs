@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::model::{Config, StoreBackend};
+use crate::model::{Config, LauncherKind, StoreBackend};
 use crate::secret::Secret;
 
 /// One thing wrong with the configuration.
@@ -155,6 +155,8 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         &mut c.scheduler.admin_token,
         c.scheduler.admin_token_file.as_deref(),
     );
+
+    launcher(&mut p, c);
 
     // router
     if c.router.max_payload_bytes == 0 {
@@ -405,6 +407,108 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// `[scheduler.launcher]`: the sub-table of the chosen kind must say what to launch.
+fn launcher(p: &mut Vec<Problem>, c: &mut Config) {
+    let l = &mut c.scheduler.launcher;
+    if l.max_workers == 0 {
+        p.push(Problem::new(
+            "scheduler.launcher.max_workers",
+            "must be at least 1",
+        ));
+    }
+    if l.min_workers > l.max_workers {
+        p.push(Problem::new(
+            "scheduler.launcher.min_workers",
+            format!(
+                "must be at most scheduler.launcher.max_workers ({})",
+                l.max_workers
+            ),
+        ));
+    }
+    positive(p, "scheduler.launcher.interval", l.interval);
+    match l.kind {
+        LauncherKind::Process => {
+            if l.process.args.is_empty() {
+                p.push(Problem::new(
+                    "scheduler.launcher.process.args",
+                    "name the worker's arguments (e.g. [\"worker\"])",
+                ));
+            }
+            positive(
+                p,
+                "scheduler.launcher.process.stop_grace",
+                l.process.stop_grace,
+            );
+        }
+        LauncherKind::Ecs => {
+            let e = &l.ecs;
+            for (key, value) in [
+                ("scheduler.launcher.ecs.cluster", &e.cluster),
+                ("scheduler.launcher.ecs.task_definition", &e.task_definition),
+                ("scheduler.launcher.ecs.container_name", &e.container_name),
+                ("scheduler.launcher.ecs.launch_type", &e.launch_type),
+            ] {
+                if value.trim().is_empty() {
+                    p.push(Problem::new(key, "required with kind = \"ecs\""));
+                }
+            }
+            if e.launch_type.starts_with("FARGATE") && e.subnets.is_empty() {
+                p.push(Problem::new(
+                    "scheduler.launcher.ecs.subnets",
+                    "Fargate tasks (awsvpc networking) need at least one subnet",
+                ));
+            }
+            if let Some(url) = &e.endpoint_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    p.push(Problem::new(
+                        "scheduler.launcher.ecs.endpoint_url",
+                        format!("`{url}` is not an http(s) URL"),
+                    ));
+                }
+            }
+            positive(p, "scheduler.launcher.ecs.timeout", e.timeout);
+        }
+        LauncherKind::Kubernetes => {
+            let k = &l.kubernetes;
+            if k.name.trim().is_empty() {
+                p.push(Problem::new(
+                    "scheduler.launcher.kubernetes.name",
+                    "required with kind = \"kubernetes\": the worker StatefulSet or Deployment",
+                ));
+            }
+            if k.namespace.trim().is_empty() {
+                p.push(Problem::new(
+                    "scheduler.launcher.kubernetes.namespace",
+                    "must not be empty",
+                ));
+            }
+            if let Some(url) = &k.api_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    p.push(Problem::new(
+                        "scheduler.launcher.kubernetes.api_url",
+                        format!("`{url}` is not an http(s) URL"),
+                    ));
+                }
+            }
+            positive(p, "scheduler.launcher.kubernetes.timeout", k.timeout);
+        }
+        LauncherKind::External => {}
+    }
+    let e = &mut l.ecs;
+    resolve_secret(
+        p,
+        "scheduler.launcher.ecs.secret_access_key",
+        &mut e.secret_access_key,
+        e.secret_access_key_file.as_deref(),
+    );
+    if e.access_key_id.is_some() != e.secret_access_key.is_some() {
+        p.push(Problem::new(
+            "scheduler.launcher.ecs.access_key_id",
+            "set both access_key_id and secret_access_key (or _file), or neither",
+        ));
+    }
 }
 
 fn positive(p: &mut Vec<Problem>, key: &str, d: std::time::Duration) {
