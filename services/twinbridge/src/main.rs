@@ -134,7 +134,8 @@ fn main() -> ExitCode {
                 cli.global.log_level.as_deref().unwrap_or("warn"),
             );
             install_metrics();
-            run_async(demo::run(args, config))
+            let store = store_options(&config);
+            run_async(demo::run(args, config, store))
         }
         command => {
             init_logging(

@@ -199,13 +199,12 @@ async fn worker_without_an_app_key_names_the_missing_key() {
     assert!(stderr.contains("platform.app_key"), "{stderr}");
 }
 
-/// `twinbridge demo` runs the whole fleet on the embedded store and delivers device messages to
-/// the simulated ThingWorx.
-#[tokio::test]
-async fn demo_delivers_device_messages_end_to_end() {
+async fn run_demo(extra: &[&str]) -> (String, Vec<u64>) {
     let out = tokio::process::Command::new(BIN)
         .args(["demo", "--things", "20", "--rate", "200", "--duration", "4"])
+        .args(["--workers", "2", "--edits", "10"])
         .args(["--sim-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(extra)
         .env(
             "TWINBRIDGE_ROUTER__LISTEN",
             format!("127.0.0.1:{}", free_port()),
@@ -221,22 +220,112 @@ async fn demo_delivers_device_messages_end_to_end() {
         .output()
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("fleet ready"), "{stdout}");
-    let last = stdout.lines().last().unwrap_or_default();
-    // "stopped: N messages sent, M property values delivered to ThingWorx, D dead letters"
+    assert!(stdout.contains("admin API"), "{stdout}");
+    // The live status line, once a second.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("Things 20 · shards 1 · workers 2 · in ")),
+        "{stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    // "stopped: N messages sent, M property values delivered to ThingWorx, W shadow writes
+    // (T Things), D dead letters"
     let numbers: Vec<u64> = last
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    assert_eq!(numbers.len(), 3, "{last}");
-    let (sent, delivered, dead) = (numbers[0], numbers[1], numbers[2]);
-    assert!(sent > 100, "{last}");
+    assert_eq!(numbers.len(), 5, "{last}");
+    (stdout, numbers)
+}
+
+/// `twinbridge demo` runs the whole fleet on the embedded store: device messages reach the
+/// simulated ThingWorx, simulated user edits reach the embedded shadow store.
+#[tokio::test]
+async fn demo_delivers_device_messages_end_to_end() {
+    let (stdout, numbers) = run_demo(&[]).await;
+    assert!(stdout.contains("embedded store"), "{stdout}");
+    assert!(stdout.contains("embedded shadow store"), "{stdout}");
+    let (sent, delivered, shadow_writes, dead) = (numbers[0], numbers[1], numbers[2], numbers[4]);
+    assert!(sent > 100, "{numbers:?}");
     assert!(
         delivered >= sent * 4,
-        "every message carries 5 values (presence 1-2): {last}"
+        "every message carries 5 values (presence 1-2): {numbers:?}"
     );
-    assert_eq!(dead, 0, "{last}");
+    assert!(shadow_writes > 5, "user edits written back: {numbers:?}");
+    assert_eq!(dead, 0, "{numbers:?}");
+}
+
+/// `--redis URL`: the same demo on a real Redis.
+#[tokio::test]
+async fn demo_runs_on_redis() {
+    let redis = RedisServer::start().await.unwrap();
+    let (stdout, numbers) = run_demo(&["--redis", &redis.url()]).await;
+    assert!(
+        stdout.contains(&format!("Redis {}", redis.url())),
+        "{stdout}"
+    );
+    let (sent, delivered, dead) = (numbers[0], numbers[1], numbers[4]);
+    assert!(sent > 100 && delivered >= sent * 4, "{numbers:?}");
+    assert_eq!(dead, 0, "{numbers:?}");
+}
+
+/// Ctrl-C stops the whole demo cleanly within 2 s.
+#[tokio::test]
+async fn demo_stops_on_ctrl_c_within_two_seconds() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["demo", "--things", "20", "--rate", "500"])
+        .args(["--sim-listen", &format!("127.0.0.1:{}", free_port())])
+        .env(
+            "TWINBRIDGE_ROUTER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "TWINBRIDGE_WORKER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "TWINBRIDGE_SCHEDULER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Running with traffic: the first status lines.
+    let mut status_lines = 0;
+    while status_lines < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("demo output")
+            .unwrap()
+            .expect("demo still running");
+        if line.starts_with("Things ") {
+            status_lines += 1;
+        }
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let asked = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("stopped")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "stopped in {:?}",
+        asked.elapsed()
+    );
 }

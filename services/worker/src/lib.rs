@@ -29,7 +29,8 @@ use twinbridge_platform::{PlatformClient, PlatformError};
 use twinbridge_store::{open_with_retry, FleetStore, StoreError, StoreOptions};
 use twinbridge_telemetry::{spawn_http, Health};
 
-use crate::consumer::{DeviceSink, EchoGuard, ModelCache, PlatformSink, Settings, Shared};
+pub use crate::consumer::{DeviceSink, PlatformSink};
+use crate::consumer::{EchoGuard, ModelCache, Settings, Shared};
 use crate::flow::{Breaker, RateLimiter};
 use crate::manager::ShardManager;
 use crate::mapping::{MappingSettings, PresenceNames};
@@ -152,8 +153,30 @@ pub async fn run_with(
         .clone()
         .map(WorkerId)
         .unwrap_or_else(generate_worker_id);
+    let devices = device_sink(&config).await;
     let span = tracing::info_span!("worker", worker = %id);
-    run_as(id, config, store, platform, shutdown)
+    run_as(id, config, store, platform, devices, shutdown)
+        .instrument(span)
+        .await
+}
+
+/// Runs a worker that delivers to `platform` and writes property changes to `devices` (instead
+/// of what `[worker.shadow]` describes) until `shutdown` fires: the demo's embedded shadow store.
+pub async fn run_with_devices(
+    config: Config,
+    store: StoreOptions,
+    platform: Arc<dyn PlatformSink>,
+    devices: Option<Arc<dyn DeviceSink>>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let id = config
+        .worker
+        .id
+        .clone()
+        .map(WorkerId)
+        .unwrap_or_else(generate_worker_id);
+    let span = tracing::info_span!("worker", worker = %id);
+    run_as(id, config, store, platform, devices, shutdown)
         .instrument(span)
         .await
 }
@@ -163,6 +186,7 @@ async fn run_as(
     config: Config,
     store: StoreOptions,
     platform: Arc<dyn PlatformSink>,
+    devices: Option<Arc<dyn DeviceSink>>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let cfg = &config.worker;
@@ -181,7 +205,6 @@ async fn run_as(
     };
     health.ready("store");
 
-    let devices = device_sink(&config).await;
     if devices.is_none() {
         tracing::info!(
             "no device writer ([worker.shadow] enabled = false): property changes are dead-lettered"
