@@ -240,13 +240,7 @@ async fn the_fleet_end_to_end() {
     .await
     .unwrap();
     let kinesis = {
-        let cfg = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess {
-            region: Some("us-east-1".into()),
-            endpoint: Some(moto.endpoint()),
-            access_key_id: Some("test".into()),
-            secret_access_key: Some("test".into()),
-            timeout: Duration::from_secs(10),
-        })
+        let cfg = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess::stand_in(moto.endpoint()))
         .await;
         aws_sdk_kinesis::Client::new(&cfg)
     };

@@ -381,13 +381,7 @@ fn ecs_config(moto: &MotoServer, net: &Network, cluster: &str) -> EcsLauncherCon
 }
 
 async fn ecs_client(moto: &MotoServer) -> aws_sdk_ecs::Client {
-    let shared = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess {
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint()),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        timeout: Duration::from_secs(10),
-    })
+    let shared = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess::stand_in(moto.endpoint()))
     .await;
     aws_sdk_ecs::Client::new(&shared)
 }

@@ -46,6 +46,20 @@ impl std::fmt::Debug for AwsAccess {
     }
 }
 
+impl AwsAccess {
+    /// A local stand-in (moto, kinesalite) at `endpoint`: region `us-east-1`, static test
+    /// credentials, a 10 s timeout.
+    pub fn stand_in(endpoint: impl Into<String>) -> Self {
+        AwsAccess {
+            region: Some("us-east-1".into()),
+            endpoint: Some(endpoint.into()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The SDK configuration for `access` (no network call yet, except where the default chains
 /// look up the region or credentials).
 pub async fn sdk_config(access: &AwsAccess) -> aws_config::SdkConfig {
