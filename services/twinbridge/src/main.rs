@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT and drains within a grace period.
 #![forbid(unsafe_code)]
 
+mod admin_cli;
 mod demo;
 
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// A client of the scheduler's admin API: fleet, shards, workers, Things, moves, DLQ…
+    Admin(admin_cli::AdminArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +104,10 @@ fn main() -> ExitCode {
         Command::Worker(l) => l.listen.clone().map(|a| ("worker.listen", a)),
         _ => None,
     };
+    if let Command::Admin(args) = cli.command {
+        // A client: it needs no configuration (and TWINBRIDGE_ADMIN_* are not config keys).
+        return admin_cli::main(args);
+    }
     if let Command::PlatformSim(opts) = cli.command {
         init_logging(log_style(cli.global.log_format, None), "info");
         return run_async(async move {

@@ -65,6 +65,19 @@ fn wrong_type_from_the_environment_is_named() {
 }
 
 #[test]
+fn command_line_variables_are_not_config_keys() {
+    let f = config_file("[log]\nlevel = \"info\"\n");
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .env("TWINBRIDGE_CONFIG", f.path())
+        .env("TWINBRIDGE_ADMIN_URL", "http://127.0.0.1:1")
+        .env("TWINBRIDGE_ADMIN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
 fn printed_config_redacts_secrets() {
     let out = Command::new(BIN)
         .args(["config", "check", "--print"])

@@ -14,6 +14,14 @@ use crate::validate::{validate, Problem};
 /// `__` separates levels, the rest is lower-cased.
 pub const ENV_PREFIX: &str = "TWINBRIDGE_";
 
+/// `TWINBRIDGE_…` variables of the command line (the config file path, the admin client's server
+/// and token), not configuration keys: overrides skip them.
+pub const COMMAND_LINE_VARS: &[&str] = &[
+    "TWINBRIDGE_CONFIG",
+    "TWINBRIDGE_ADMIN_URL",
+    "TWINBRIDGE_ADMIN_TOKEN",
+];
+
 /// The configuration could not be loaded. Every problem names the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -75,7 +83,8 @@ impl Loader {
     pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
         self.env.extend(
             vars.into_iter()
-                .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len()),
+                .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len())
+                .filter(|(k, _)| !COMMAND_LINE_VARS.contains(&k.as_str())),
         );
         self
     }
@@ -162,6 +171,18 @@ mod tests {
         let c = Loader::new().load().unwrap();
         assert_eq!(c.store.backend, StoreBackend::Memory);
         assert_eq!(c.scheduler.shard_capacity, 1000);
+    }
+
+    #[test]
+    fn command_line_variables_are_not_config_keys() {
+        let c = Loader::new()
+            .env(
+                COMMAND_LINE_VARS
+                    .iter()
+                    .map(|k| (k.to_string(), "x".to_string())),
+            )
+            .load();
+        assert!(c.is_ok(), "{c:?}");
     }
 
     #[test]
