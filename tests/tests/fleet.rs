@@ -240,8 +240,8 @@ async fn the_fleet_end_to_end() {
     .await
     .unwrap();
     let kinesis = {
-        let cfg = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess::stand_in(moto.endpoint()))
-        .await;
+        let cfg =
+            twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess::stand_in(moto.endpoint())).await;
         aws_sdk_kinesis::Client::new(&cfg)
     };
     kinesis

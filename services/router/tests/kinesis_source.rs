@@ -22,8 +22,7 @@ use twinbridge_test_support::{free_port, unique_prefix, Kinesalite, MotoServer, 
 const STREAM: &str = "iot-telemetry";
 
 async fn kinesis(endpoint: &str) -> aws_sdk_kinesis::Client {
-    let cfg = twinbridge_aws::sdk_config(&AwsAccess::stand_in(endpoint.to_string()))
-    .await;
+    let cfg = twinbridge_aws::sdk_config(&AwsAccess::stand_in(endpoint.to_string())).await;
     aws_sdk_kinesis::Client::new(&cfg)
 }
 

@@ -381,8 +381,8 @@ fn ecs_config(moto: &MotoServer, net: &Network, cluster: &str) -> EcsLauncherCon
 }
 
 async fn ecs_client(moto: &MotoServer) -> aws_sdk_ecs::Client {
-    let shared = twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess::stand_in(moto.endpoint()))
-    .await;
+    let shared =
+        twinbridge_aws::sdk_config(&twinbridge_aws::AwsAccess::stand_in(moto.endpoint())).await;
     aws_sdk_ecs::Client::new(&shared)
 }
 
