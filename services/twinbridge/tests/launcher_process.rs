@@ -133,7 +133,9 @@ heartbeat_interval = "1s"
     let none = BTreeSet::new();
     let workers = loop {
         let (workers, owned) = fleet(&store, &none).await;
-        if workers.len() == 2 && owned {
+        // The leases say who owns what at once; the heartbeats catch up within a second.
+        let reported: usize = workers.iter().map(|w| w.shards.len()).sum();
+        if workers.len() == 2 && owned && reported == 3 {
             break workers;
         }
         assert!(
