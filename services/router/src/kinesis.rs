@@ -299,29 +299,101 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     }
 }
 
+/// Renews `lease` every `ttl / 3` on a task of its own, so that a slow GetRecords or append never
+/// lets it expire; cancels `lost` when the store says it is no longer ours. Ends with `done`.
+fn spawn_renewer(
+    store: Arc<dyn FleetStore>,
+    mut lease: Lease,
+    ttl: Duration,
+    lost: CancellationToken,
+    done: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+                match store.renew_lease(&lease, ttl).await {
+                    Ok(l) => lease = l,
+                    Err(StoreError::LeaseLost { .. }) => {
+                        metrics::counter!("twinbridge_router_kinesis_leases_lost_total")
+                            .increment(1);
+                        tracing::warn!("Kinesis shard lease lost; another router reads it now");
+                        lost.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the shard lease"),
+                }
+            }
+        }
+        .in_current_span(),
+    )
+}
+
 /// Reads one shard while its lease holds.
 async fn read_shard(
     shared: Arc<Shared>,
     shard: String,
-    mut lease: Lease,
+    lease: Lease,
     configured: StartAt,
     stop: CancellationToken,
 ) -> Exit {
     let cfg = &shared.cfg;
     let name = source_name(&cfg.stream, &shard);
     let source_label = format!("{}/{}", cfg.stream, shard);
-    let mut renewed_at = Instant::now();
+    let lost = CancellationToken::new();
+    let renewing = CancellationToken::new();
+    let renewer = spawn_renewer(
+        shared.store.clone(),
+        lease.clone(),
+        cfg.lease_ttl,
+        lost.clone(),
+        renewing.clone(),
+    );
+    let exit = read_loop(
+        &shared,
+        &shard,
+        &name,
+        &source_label,
+        &lease,
+        configured,
+        &stop,
+        &lost,
+    )
+    .await;
+    renewing.cancel();
+    let _ = renewer.await;
+    if exit != Exit::LeaseLost {
+        if let Err(e) = shared.store.release_lease(&lease).await {
+            tracing::debug!(error = %e, "lease release refused");
+        }
+    }
+    exit
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    shared: &Shared,
+    shard: &str,
+    name: &str,
+    source_label: &str,
+    lease: &Lease,
+    configured: StartAt,
+    stop: &CancellationToken,
+    lost: &CancellationToken,
+) -> Exit {
+    let cfg = &shared.cfg;
     // The last sequence number appended (and checkpointed).
-    let mut last = match shared.store.get_checkpoint(&name).await {
+    let mut last = match shared.store.get_checkpoint(name).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the checkpoint");
-            let _ = shared.store.release_lease(&lease).await;
             return Exit::Failed;
         }
     };
     if last.as_deref() == Some(SHARD_END) {
-        let _ = shared.store.release_lease(&lease).await;
         return Exit::Finished;
     }
     let start_at = |last: &Option<String>| match last {
@@ -333,41 +405,29 @@ async fn read_shard(
     let mut backoff = Duration::from_secs(1);
     let mut failures = 0u32;
     let mut last_call = Instant::now() - MIN_CALL_INTERVAL;
-    let gauge =
-        metrics::gauge!("twinbridge_router_kinesis_millis_behind_latest", "shard" => shard.clone());
+    let gauge = metrics::gauge!("twinbridge_router_kinesis_millis_behind_latest", "shard" => shard.to_string());
 
-    let exit = loop {
-        if stop.is_cancelled() || shared.shutdown.is_cancelled() {
-            break Exit::Stopped;
+    loop {
+        if lost.is_cancelled() {
+            return Exit::LeaseLost;
         }
-        if renewed_at.elapsed() >= cfg.lease_ttl / 3 {
-            match shared.store.renew_lease(&lease, cfg.lease_ttl).await {
-                Ok(l) => {
-                    lease = l;
-                    renewed_at = Instant::now();
-                }
-                Err(StoreError::LeaseLost { .. }) => {
-                    metrics::counter!("twinbridge_router_kinesis_leases_lost_total").increment(1);
-                    tracing::warn!("Kinesis shard lease lost; another router reads it now");
-                    return Exit::LeaseLost;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the shard lease"),
-            }
+        if stop.is_cancelled() || shared.shutdown.is_cancelled() {
+            return Exit::Stopped;
         }
         let it = match &iterator {
             Some(it) => it.clone(),
-            None => match shared.kinesis.iterator(&shard, &start_at(&last)).await {
+            None => match shared.kinesis.iterator(shard, &start_at(&last)).await {
                 Ok(it) => it,
                 Err(e) => {
                     metrics::counter!("twinbridge_router_kinesis_errors_total", "call" => "GetShardIterator").increment(1);
                     if matches!(e, KinesisError::NotFound(_)) && failures >= 3 {
                         tracing::warn!(error = %e, "the shard is gone");
-                        break Exit::Failed;
+                        return Exit::Failed;
                     }
                     failures += 1;
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot get a shard iterator");
-                    if !pause(&stop, backoff).await {
-                        break Exit::Stopped;
+                    if !pause(stop, backoff).await {
+                        return Exit::Stopped;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
@@ -375,8 +435,8 @@ async fn read_shard(
             },
         };
         let since = last_call.elapsed();
-        if since < MIN_CALL_INTERVAL && !pause(&stop, MIN_CALL_INTERVAL - since).await {
-            break Exit::Stopped;
+        if since < MIN_CALL_INTERVAL && !pause(stop, MIN_CALL_INTERVAL - since).await {
+            return Exit::Stopped;
         }
         last_call = Instant::now();
         let batch = match shared.kinesis.get_records(&it, cfg.max_records).await {
@@ -404,8 +464,8 @@ async fn read_shard(
                     // The iterator itself may be bad: start again after the checkpoint.
                     iterator = None;
                 }
-                if !pause(&stop, backoff).await {
-                    break Exit::Stopped;
+                if !pause(stop, backoff).await {
+                    return Exit::Stopped;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
@@ -421,7 +481,7 @@ async fn read_shard(
                 .map(|r| Inbound {
                     source: Source {
                         kind: SourceKind::Kinesis,
-                        name: source_label.clone(),
+                        name: source_label.to_string(),
                         position: r.sequence.clone(),
                     },
                     topic: cfg
@@ -434,12 +494,12 @@ async fn read_shard(
                 })
                 .collect();
             let n = inbound.len() as u64;
-            if !append(&shared, inbound, &stop).await {
+            if !append(shared, inbound, stop).await {
                 // Not appended: nothing is checkpointed, the next reader starts before it.
-                break Exit::Stopped;
+                return Exit::Stopped;
             }
             metrics::counter!("twinbridge_router_kinesis_records_total").increment(n);
-            match checkpoint(&shared, &lease, &seq, &stop).await {
+            match checkpoint(shared, lease, &seq, stop).await {
                 Ok(()) => last = Some(seq),
                 Err(exit) => return exit,
             }
@@ -448,25 +508,21 @@ async fn read_shard(
             Some(next) => {
                 iterator = Some(next);
                 let idle = batch.records.is_empty() && batch.millis_behind_latest.unwrap_or(0) == 0;
-                if idle && !pause(&stop, cfg.idle_poll).await {
-                    break Exit::Stopped;
+                if idle && !pause(stop, cfg.idle_poll).await {
+                    return Exit::Stopped;
                 }
             }
             None => {
                 // Closed and read to its end: the children may start.
-                if let Err(exit) = checkpoint(&shared, &lease, SHARD_END, &stop).await {
+                if let Err(exit) = checkpoint(shared, lease, SHARD_END, stop).await {
                     return exit;
                 }
                 tracing::info!("shard read to its end");
                 gauge.set(0.0);
-                break Exit::Finished;
+                return Exit::Finished;
             }
         }
-    };
-    if let Err(e) = shared.store.release_lease(&lease).await {
-        tracing::debug!(error = %e, "lease release refused");
     }
-    exit
 }
 
 /// The topic an IoT rule put into the record (`SELECT *, topic() AS topic`).
