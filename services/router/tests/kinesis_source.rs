@@ -443,10 +443,12 @@ async fn a_split_parent_is_read_to_its_end_before_its_children() {
 
 /// A proxy in front of moto that answers some GetRecords calls with throttling and expired-iterator
 /// errors, as Kinesis does.
+/// `stall`: GetRecords call number `stall` is answered only after this long.
 async fn faulty_proxy(
     upstream: String,
     throttles: usize,
     expiries: usize,
+    stall: Option<(usize, Duration)>,
 ) -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::new();
@@ -464,6 +466,11 @@ async fn faulty_proxy(
                 .to_string();
             if target.ends_with(".GetRecords") {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
+                if let Some((at, pause)) = stall {
+                    if n == at {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
                 // Let a few calls through first so that an iterator expires mid-stream.
                 let fault = match n {
                     3..=5 if throttles > 0 => Some((
@@ -513,7 +520,7 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
     let client = kinesis(&moto.endpoint()).await;
     create_stream(&client, 1).await;
     let f = fleet(4).await;
-    let (proxy, calls) = faulty_proxy(moto.endpoint(), 3, 2).await;
+    let (proxy, calls) = faulty_proxy(moto.endpoint(), 3, 2, None).await;
     let mut cfg = config(&proxy, "router-a");
     // Small batches, so the faults land between batches of one Thing's records.
     cfg.router.kinesis.max_records = 4;
@@ -531,6 +538,62 @@ async fn throttling_and_expired_iterators_lose_and_repeat_nothing() {
         assert_eq!(
             seqs,
             (0..15).collect::<Vec<_>>(),
+            "{thing}: once each, in order"
+        );
+    }
+}
+
+/// A GetRecords call that hangs longer than the lease ttl does not cost the reader its lease: the
+/// lease is renewed on a task of its own, never behind the read or the append.
+#[tokio::test]
+async fn a_stalled_get_records_call_keeps_the_lease() {
+    let moto = MotoServer::start().await.unwrap();
+    let client = kinesis(&moto.endpoint()).await;
+    create_stream(&client, 1).await;
+    let shard = shard_ids(&client).await.remove(0);
+    let f = fleet(4).await;
+    // lease_ttl is 2 s in `config`; the fourth GetRecords call takes 3.5 s.
+    let (proxy, calls) = faulty_proxy(
+        moto.endpoint(),
+        0,
+        0,
+        Some((3, Duration::from_millis(3500))),
+    )
+    .await;
+    let (stop, task) = start_router(&config(&proxy, "router-a"), &f.options);
+    let key = LeaseKey::Source(source_name(STREAM, &shard));
+    wait_until("the shard lease", Duration::from_secs(20), || async {
+        f.store.current_lease(&key).await.unwrap().is_some()
+    })
+    .await;
+    let first = f.store.current_lease(&key).await.unwrap().unwrap();
+    wait_until(
+        "the stalled call and a few after it",
+        Duration::from_secs(20),
+        || async { calls.load(Ordering::SeqCst) >= 6 },
+    )
+    .await;
+    put(&client, &f.things, 0..10).await;
+    wait_until("40 records", Duration::from_secs(30), || async {
+        total_len(&f).await == 40
+    })
+    .await;
+    assert!(
+        calls.load(Ordering::SeqCst) > 4,
+        "the stalled call was made"
+    );
+    let now = f.store.current_lease(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (now.owner.as_str(), now.token),
+        (first.owner.as_str(), first.token),
+        "the same lease throughout (an expired one is taken again with a new token)"
+    );
+    stop.cancel();
+    task.await.unwrap();
+    for (thing, seqs) in delivered(&f).await {
+        assert_eq!(
+            seqs,
+            (0..10).collect::<Vec<_>>(),
             "{thing}: once each, in order"
         );
     }
