@@ -418,53 +418,69 @@ pub struct MotoServer {
     child: Child,
 }
 
-fn moto_binary() -> PathBuf {
+/// Where a stand-in lives: `$<var>` when set (first, true), else `<cache>/twinbridge/<rel>` (cache
+/// = `$XDG_CACHE_HOME` or `~/.cache`), where `scripts/ensure-deps` installs it (false).
+fn stand_in_path(var: &str, rel: &str) -> (PathBuf, bool) {
     #[allow(clippy::disallowed_methods)] // test helpers locate binaries through the environment
     let (configured, cache, home) = (
-        std::env::var_os("MOTO_SERVER"),
+        std::env::var_os(var),
         std::env::var_os("XDG_CACHE_HOME"),
         std::env::var_os("HOME"),
     );
     if let Some(p) = configured {
-        return PathBuf::from(p);
+        return (PathBuf::from(p), true);
     }
-    let cache = cache
+    let cached = cache
         .map(PathBuf::from)
-        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")));
-    if let Some(c) = cache {
-        let p = c.join("twinbridge/venv/bin/moto_server");
-        if p.is_file() {
-            return p;
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("twinbridge")
+        .join(rel);
+    (cached, false)
+}
+
+/// Starts a server on a free loopback port (up to three ports), waiting until it listens.
+async fn spawn_listening(
+    what: &str,
+    within: Duration,
+    command: impl Fn(u16) -> Command,
+) -> Result<(u16, Child)> {
+    let mut last = anyhow!("{what} did not start");
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = command(port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {what} (run scripts/ensure-deps)"))?;
+        match wait_listening(&mut child, port, within, what).await {
+            Ok(()) => return Ok((port, child)),
+            Err(e) => last = e,
         }
     }
-    PathBuf::from("moto_server")
+    Err(last)
+}
+
+fn moto_binary() -> PathBuf {
+    match stand_in_path("MOTO_SERVER", "venv/bin/moto_server") {
+        (p, true) => p,
+        (p, false) if p.is_file() => p,
+        _ => PathBuf::from("moto_server"),
+    }
 }
 
 impl MotoServer {
     pub async fn start() -> Result<Self> {
         let bin = moto_binary();
-        let mut last = anyhow!("moto did not start");
-        for _ in 0..3 {
-            let port = free_port();
-            let mut child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "starting {} (run scripts/ensure-deps, or set MOTO_SERVER)",
-                        bin.display()
-                    )
-                })?;
-            match wait_listening(&mut child, port, Duration::from_secs(30), "moto_server").await {
-                Ok(()) => return Ok(MotoServer { port, child }),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let (port, child) = spawn_listening("moto_server", Duration::from_secs(30), |port| {
+            let mut c = Command::new(&bin);
+            c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            c
+        })
+        .await?;
+        Ok(MotoServer { port, child })
     }
 
     /// `http://127.0.0.1:<port>`: the endpoint override for every AWS client in tests.
@@ -522,20 +538,7 @@ pub struct Kinesalite {
 }
 
 fn kinesalite_dir() -> PathBuf {
-    #[allow(clippy::disallowed_methods)] // test helpers locate binaries through the environment
-    let (configured, cache, home) = (
-        std::env::var_os("KINESALITE_DIR"),
-        std::env::var_os("XDG_CACHE_HOME"),
-        std::env::var_os("HOME"),
-    );
-    if let Some(p) = configured {
-        return PathBuf::from(p);
-    }
-    cache
-        .map(PathBuf::from)
-        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("twinbridge/node")
+    stand_in_path("KINESALITE_DIR", "node").0
 }
 
 impl Kinesalite {
@@ -547,29 +550,18 @@ impl Kinesalite {
                 dir.display()
             );
         }
-        let mut last = anyhow!("kinesalite did not start");
-        for _ in 0..3 {
-            let port = free_port();
-            let script = format!(
-                "require('kinesalite')({{createStreamMs:50,deleteStreamMs:50,updateStreamMs:50,\
-                 shardLimit:100}}).listen({port},'127.0.0.1')"
-            );
-            let mut child = Command::new("node")
-                .arg("-e")
-                .arg(&script)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting node (run scripts/ensure-deps)")?;
-            match wait_listening(&mut child, port, Duration::from_secs(20), "kinesalite").await {
-                Ok(()) => return Ok(Kinesalite { port, child }),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let (port, child) = spawn_listening("kinesalite", Duration::from_secs(20), |port| {
+            let mut c = Command::new("node");
+            c.arg("-e")
+                .arg(format!(
+                    "require('kinesalite')({{createStreamMs:50,deleteStreamMs:50,\
+                     updateStreamMs:50,shardLimit:100}}).listen({port},'127.0.0.1')"
+                ))
+                .current_dir(&dir);
+            c
+        })
+        .await?;
+        Ok(Kinesalite { port, child })
     }
 
     /// `http://127.0.0.1:<port>`: the Kinesis endpoint override in tests.
