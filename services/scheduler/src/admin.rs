@@ -88,6 +88,14 @@ impl Admin {
         })
     }
 
+    /// The store for an authorized request: `401` without the token, `503` while starting.
+    fn authorized_store(&self, headers: &HeaderMap) -> Result<Arc<dyn FleetStore>, Box<Response>> {
+        if let Some(r) = self.unauthorized(headers) {
+            return Err(Box::new(r));
+        }
+        self.store().cloned()
+    }
+
     fn unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
         twinbridge_telemetry::auth::unauthorized(
             headers,
@@ -100,11 +108,8 @@ impl Admin {
 /// Runs `f` with the store after the auth check.
 macro_rules! guarded {
     ($admin:expr, $headers:expr, |$store:ident| $body:expr) => {{
-        if let Some(r) = $admin.unauthorized(&$headers) {
-            return r;
-        }
-        let $store = match $admin.store() {
-            Ok(s) => s.clone(),
+        let $store = match $admin.authorized_store(&$headers) {
+            Ok(s) => s,
             Err(r) => return *r,
         };
         match $body {
@@ -214,11 +219,8 @@ async fn release_thing(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Some(r) = admin.unauthorized(&headers) {
-        return r;
-    }
-    let store = match admin.store() {
-        Ok(s) => s.clone(),
+    let store = match admin.authorized_store(&headers) {
+        Ok(s) => s,
         Err(r) => return *r,
     };
     match force_release(&*store, &name).await {
@@ -307,11 +309,8 @@ async fn rebalance(
     headers: HeaderMap,
     Query(q): Query<RebalanceQuery>,
 ) -> Response {
-    if let Some(r) = admin.unauthorized(&headers) {
-        return r;
-    }
-    let store = match admin.store() {
-        Ok(s) => s.clone(),
+    let store = match admin.authorized_store(&headers) {
+        Ok(s) => s,
         Err(r) => return *r,
     };
     let plan = match current_plan(&*store).await {
@@ -456,11 +455,8 @@ async fn thing(
 }
 
 async fn sync(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(r) = admin.unauthorized(&headers) {
-        return r;
-    }
-    let store = match admin.store() {
-        Ok(s) => s.clone(),
+    let store = match admin.authorized_store(&headers) {
+        Ok(s) => s,
         Err(r) => return *r,
     };
     let _one = admin.syncing.lock().await;
