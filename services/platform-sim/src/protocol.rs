@@ -315,25 +315,19 @@ struct UpdateRow {
     quality: Option<String>,
 }
 
-fn update_property_values(sim: &Simulator, thing: &str, body: &Bytes) -> Response {
-    let input: UpdateInput = match parse_body(body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let Some(values) = input.values else {
-        return text(StatusCode::NOT_FOUND, "Missing required parameter [values]");
-    };
-    let mut writes = Vec::with_capacity(values.rows.len());
-    for row in values.rows {
+/// NamedVTQ rows → writes; a row without a name or with a bad time is a 400 (the message).
+fn pending_writes(rows: Vec<UpdateRow>) -> Result<Vec<PendingWrite>, String> {
+    let mut writes = Vec::with_capacity(rows.len());
+    for row in rows {
         let Some(property) = row.name else {
-            return text(StatusCode::BAD_REQUEST, "A values row has no name");
+            return Err("A values row has no name".into());
         };
         let time = if row.time.is_null() {
             None
         } else {
             match coerce(&BaseType::Datetime, "time", &row.time) {
                 Ok(v) => v.to_json().as_i64(),
-                Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(e) => return Err(e.to_string()),
             }
         };
         writes.push(PendingWrite {
@@ -346,10 +340,108 @@ fn update_property_values(sim: &Simulator, thing: &str, body: &Bytes) -> Respons
                 .unwrap_or_else(|| "GOOD".into()),
         });
     }
+    Ok(writes)
+}
+
+fn update_property_values(sim: &Simulator, thing: &str, body: &Bytes) -> Response {
+    let input: UpdateInput = match parse_body(body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let Some(values) = input.values else {
+        return text(StatusCode::NOT_FOUND, "Missing required parameter [values]");
+    };
+    let writes = match pending_writes(values.rows) {
+        Ok(w) => w,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
     match sim.write(thing, writes, "UpdatePropertyValues") {
         Ok(_) => empty_ok(),
         Err(e) => write_error(&e),
     }
+}
+
+/// The service name of twinbridge's bulk write (docs/platform.md, "Bulk writes").
+pub const BULK_WRITE_SERVICE: &str = "TwinbridgeWriteValues";
+
+#[derive(Deserialize)]
+struct BulkInput {
+    values: Option<BulkTable>,
+}
+
+#[derive(Deserialize)]
+struct BulkTable {
+    #[serde(default)]
+    rows: Vec<BulkRow>,
+}
+
+#[derive(Deserialize)]
+struct BulkRow {
+    thing: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    value: Value,
+    #[serde(default)]
+    time: Value,
+    #[serde(default)]
+    quality: Option<String>,
+}
+
+/// The bulk write service as the reference script implements it: each Thing's rows are one
+/// `UpdatePropertyValues`; a Thing that fails is answered as a row `{thing, status, message}` and
+/// the others are written.
+fn bulk_write(sim: &Simulator, body: &Bytes) -> Response {
+    let input: BulkInput = match parse_body(body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let Some(values) = input.values else {
+        return text(StatusCode::NOT_FOUND, "Missing required parameter [values]");
+    };
+    // Group by Thing, in first-seen order, keeping each Thing's rows in order.
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: std::collections::HashMap<String, Vec<UpdateRow>> =
+        std::collections::HashMap::new();
+    for r in values.rows {
+        let Some(thing) = r.thing else {
+            return text(StatusCode::BAD_REQUEST, "A values row has no thing");
+        };
+        groups
+            .entry(thing.clone())
+            .or_insert_with(|| {
+                order.push(thing);
+                Vec::new()
+            })
+            .push(UpdateRow {
+                name: r.name,
+                value: r.value,
+                time: r.time,
+                quality: r.quality,
+            });
+    }
+    let mut failures = InfoTable::with_fields([
+        FieldDefinition::new("thing", "STRING"),
+        FieldDefinition::new("status", "INTEGER"),
+        FieldDefinition::new("message", "STRING"),
+    ]);
+    for thing in order {
+        let rows = groups.remove(&thing).unwrap_or_default();
+        let failed = match pending_writes(rows) {
+            Ok(writes) => sim
+                .write(&thing, writes, "UpdatePropertyValues")
+                .err()
+                .map(|e| (write_error(&e).status().as_u16(), e.to_string())),
+            Err(message) => Some((400, message)),
+        };
+        if let Some((status, message)) = failed {
+            let mut row = Map::new();
+            row.insert("thing".into(), Value::String(thing));
+            row.insert("status".into(), Value::from(status));
+            row.insert("message".into(), Value::String(message));
+            failures.push_row(row);
+        }
+    }
+    table(&failures)
 }
 
 #[derive(Deserialize)]
@@ -396,6 +488,10 @@ async fn thing_service(
 ) -> Response {
     if service == "UpdatePropertyValues" {
         return update_property_values(&sim, &name, &body);
+    }
+    if service == BULK_WRITE_SERVICE {
+        // The gateway Thing a real platform needs is not modelled: any Thing name serves.
+        return bulk_write(&sim, &body);
     }
     let Some(t) = sim.thing(&name) else {
         return thing_not_found(&name);

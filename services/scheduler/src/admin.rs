@@ -128,6 +128,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/workers", &["get"]),
     ("/v1/workers/{id}/drain", &["post", "delete"]),
     ("/v1/things/{name}", &["get"]),
+    ("/v1/things/{name}/deliveries", &["get"]),
     ("/v1/things/{name}/move", &["post"]),
     ("/v1/things/{name}/release", &["post"]),
     ("/v1/sync", &["post"]),
@@ -146,6 +147,7 @@ fn handlers(path: &str) -> MethodRouter<Arc<Admin>> {
         "/v1/workers" => get(workers),
         "/v1/workers/{id}/drain" => post(drain).delete(undrain),
         "/v1/things/{name}" => get(thing),
+        "/v1/things/{name}/deliveries" => get(thing_deliveries),
         "/v1/things/{name}/move" => post(move_thing),
         "/v1/things/{name}/release" => post(release_thing),
         "/v1/sync" => post(sync),
@@ -450,6 +452,32 @@ async fn thing(
             "last_activity_ms": store.last_activity(&name).await?,
         }))
         .into_response())
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    limit: Option<u32>,
+}
+
+/// The Thing's delivery log, newest first: what became of its recent messages.
+async fn thing_deliveries(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(50).min(10_000);
+    guarded!(admin, headers, |store| async {
+        let records = store.deliveries(&name, limit).await?;
+        // A Thing the fleet does not know may still have records (its messages were
+        // dead-lettered as `unknown_thing`): 404 only when there is nothing to say.
+        if records.is_empty() && store.get_thing(&name).await?.is_none() {
+            return Err(StoreError::NotFound(format!("Thing {name}")));
+        }
+        Ok(Json(json!({ "thing": name, "deliveries": records })).into_response())
     }
     .await)
 }

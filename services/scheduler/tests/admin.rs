@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use twinbridge_config::{Config, Secret};
 use twinbridge_core::{
-    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, Source, SourceKind,
+    DeadLetter, DeadLetterReason, DeliveryOutcome, DeliveryRecord, Envelope, MessageKind, Payload,
+    Source, SourceKind,
 };
 use twinbridge_platform_sim::SimOptions;
 use twinbridge_store::redis_store::{RedisStore, RedisStoreOptions};
@@ -122,6 +123,80 @@ async fn admin_api_status_sync_and_dead_letters() {
         "{v}"
     );
     assert_eq!(get("/v1/things/ghost").await.unwrap().status(), 404);
+
+    // A Thing's delivery log, newest first; `limit`; unknown query keys refused.
+    let v: Value = get("/v1/things/sim-thing-000003/deliveries")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["deliveries"], json!([]), "nothing delivered yet: {v}");
+    let records: Vec<DeliveryRecord> = (1..=3)
+        .map(|n| DeliveryRecord {
+            thing: "sim-thing-000003".into(),
+            kind: MessageKind::Telemetry,
+            source: Source {
+                kind: SourceKind::Kinesis,
+                name: "telemetry/shardId-000000000000".into(),
+                position: format!("seq-{n}"),
+            },
+            shard: twinbridge_core::ShardId(1),
+            entry: format!("{n}-0"),
+            received_at_ms: n,
+            done_at_ms: n + 10,
+            latency_ms: 10,
+            outcome: if n == 2 {
+                DeliveryOutcome::DeadLettered
+            } else {
+                DeliveryOutcome::Delivered
+            },
+            reason: (n == 2).then(|| "platform_rejected".to_string()),
+            detail: (n == 2).then(|| "400 Bad Request: not a NUMBER".to_string()),
+            values: u32::from(n != 2),
+            attempts: 1,
+            worker: "w-1".into(),
+            trace_id: None,
+        })
+        .collect();
+    store
+        .record_deliveries(
+            twinbridge_core::ShardId(1),
+            &records,
+            50,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let v: Value = get("/v1/things/sim-thing-000003/deliveries?limit=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got = v["deliveries"].as_array().unwrap();
+    assert_eq!(got.len(), 2, "{v}");
+    assert_eq!(got[0]["source"]["position"], "seq-3");
+    assert_eq!(got[1]["outcome"], "dead_lettered");
+    assert_eq!(got[1]["reason"], "platform_rejected");
+    assert_eq!(got[1]["detail"], "400 Bad Request: not a NUMBER");
+    assert_eq!(
+        get("/v1/things/sim-thing-000003/deliveries?lmit=2")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        get("/v1/things/ghost/deliveries").await.unwrap().status(),
+        404
+    );
+    let r = client
+        .get(format!("{base}/v1/things/sim-thing-000003/deliveries"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     // On-demand sync picks up new Things.
     let mut more = twinbridge_platform_sim::state::Generate::new(5, "TwinbridgeSimTemplate");

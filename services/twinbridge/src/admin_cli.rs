@@ -68,6 +68,24 @@ enum AdminCommand {
         /// The Thing's name.
         name: String,
     },
+    /// One Thing's delivery log: what became of its recent messages, newest first.
+    Deliveries {
+        /// The Thing's name.
+        name: String,
+        /// At most this many records (server default 50).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// One shard: capacity, owner, stream backlog and its Things.
+    Shard {
+        /// The shard id (see `admin shards`).
+        id: u32,
+    },
+    /// Ends a Thing's move at once when its old shard cannot hand it off (see docs/operations.md).
+    Release {
+        /// The Thing's name.
+        name: String,
+    },
     /// Moves a Thing to another shard, keeping its message order.
     Move {
         /// The Thing's name.
@@ -399,6 +417,18 @@ async fn run(args: AdminArgs) -> Result<(), Failure> {
         AdminCommand::Shards => (Call::get(&["v1", "shards"]), render_shards),
         AdminCommand::Workers => (Call::get(&["v1", "workers"]), render_workers),
         AdminCommand::Thing { name } => (Call::get(&["v1", "things", name]), render_thing),
+        AdminCommand::Deliveries { name, limit } => {
+            let mut call = Call::get(&["v1", "things", name, "deliveries"]);
+            if let Some(limit) = limit {
+                call.query.push(("limit", limit.to_string()));
+            }
+            (call, render_deliveries)
+        }
+        AdminCommand::Shard { id } => (Call::get(&["v1", "shards", &id.to_string()]), render_shard),
+        AdminCommand::Release { name } => (
+            Call::with(Method::POST, &["v1", "things", name, "release"], None),
+            render_release,
+        ),
         AdminCommand::Move { name, shard } => (
             Call::with(
                 Method::POST,
@@ -726,6 +756,74 @@ fn render_thing(v: &Value) -> String {
     out
 }
 
+fn render_deliveries(v: &Value) -> String {
+    let records = array(v, "/deliveries");
+    if records.is_empty() {
+        return format!("no deliveries recorded for {}\n", text(v, "/thing"));
+    }
+    let mut table = Table::new(&[
+        "DONE", "KIND", "OUTCOME", "VALUES", "LATENCY", "SOURCE", "POSITION", "REASON",
+    ]);
+    for r in records {
+        let why = match (r.pointer("/reason"), r.pointer("/detail")) {
+            (Some(_), Some(_)) => format!("{}: {}", text(r, "/reason"), text(r, "/detail")),
+            (Some(_), None) => text(r, "/reason"),
+            _ => String::new(),
+        };
+        table.row(vec![
+            ago(r, "/done_at_ms"),
+            text(r, "/kind"),
+            text(r, "/outcome"),
+            text(r, "/values"),
+            number(r, "/latency_ms").map_or("-".to_string(), duration),
+            format!("{} {}", text(r, "/source/kind"), text(r, "/source/name")),
+            text(r, "/source/position"),
+            why,
+        ]);
+    }
+    table.render()
+}
+
+fn render_shard(v: &Value) -> String {
+    let oldest = match number(v, "/stream/oldest_age_ms") {
+        Some(0) | None => "-".to_string(),
+        Some(ms) => duration(ms),
+    };
+    let things = array(v, "/things");
+    let mut out = fields(&[
+        ("shard", text(v, "/shard/id")),
+        (
+            "Things",
+            format!(
+                "{}/{}",
+                text(v, "/shard/members"),
+                text(v, "/shard/capacity")
+            ),
+        ),
+        ("owner", text(v, "/shard/owner")),
+        ("draining", text(v, "/shard/draining")),
+        ("backlog", text(v, "/stream/length")),
+        ("pending", text(v, "/stream/pending")),
+        ("oldest entry", oldest),
+    ]);
+    if !things.is_empty() {
+        let names: Vec<String> = things
+            .iter()
+            .map(|t| t.as_str().map_or_else(|| t.to_string(), str::to_string))
+            .collect();
+        out.push_str(&format!("  {}\n", names.join(" ")));
+    }
+    out
+}
+
+fn render_release(v: &Value) -> String {
+    format!(
+        "released {}: it is delivered from shard {} from now on\n",
+        text(v, "/thing"),
+        text(v, "/shard")
+    )
+}
+
 fn render_moves(moves: &[Value]) -> String {
     let mut table = Table::new(&["THING", "FROM", "TO"]);
     for m in moves {
@@ -878,11 +976,14 @@ mod tests {
             json!([1, {"shard": 3}]),
             json!({"letters": "no", "plan": [], "moves": {}, "thing": {"model": 1}}),
         ];
-        let renderers: [fn(&Value) -> String; 11] = [
+        let renderers: [fn(&Value) -> String; 14] = [
             render_fleet,
             render_shards,
             render_workers,
             render_thing,
+            render_deliveries,
+            render_shard,
+            render_release,
             render_move,
             render_drain,
             render_rebalance,

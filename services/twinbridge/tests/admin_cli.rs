@@ -10,7 +10,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use twinbridge_config::{Config, Secret};
 use twinbridge_core::{
-    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, Source, SourceKind,
+    DeadLetter, DeadLetterReason, DeliveryOutcome, DeliveryRecord, Envelope, MessageKind, Payload,
+    Source, SourceKind,
 };
 use twinbridge_platform_sim::SimOptions;
 use twinbridge_store::redis_store::{RedisStore, RedisStoreOptions};
@@ -179,6 +180,89 @@ async fn admin_cli_against_a_running_scheduler() {
     assert_eq!(out.code, Some(5), "{}", out.stderr);
     assert!(out.stderr.contains("not_found"), "{}", out.stderr);
     assert!(out.stderr.contains("Thing ghost"), "{}", out.stderr);
+
+    // One shard: its fields and Things.
+    let out = admin(&base, &["shard", "2"]).await;
+    let shard = ok(&out);
+    assert!(shard.contains("2/10"), "{shard}");
+    assert!(shard.contains("sim-thing-0000"), "{shard}");
+    let out = admin(&base, &["shard", "99"]).await;
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+
+    // A Thing's delivery log: empty, then a table of what workers recorded.
+    let out = admin(&base, &["deliveries", "sim-thing-000003"]).await;
+    assert!(
+        ok(&out).contains("no deliveries recorded"),
+        "{}",
+        out.stdout
+    );
+    let record = |n: u64, outcome: DeliveryOutcome| DeliveryRecord {
+        thing: "sim-thing-000003".into(),
+        kind: MessageKind::Telemetry,
+        source: Source {
+            kind: SourceKind::Mqtt,
+            name: "broker".into(),
+            position: format!("pkt-{n}"),
+        },
+        shard: twinbridge_core::ShardId(1),
+        entry: format!("{n}-0"),
+        received_at_ms: twinbridge_core::time::now_ms(),
+        done_at_ms: twinbridge_core::time::now_ms() + n,
+        latency_ms: 12,
+        outcome,
+        reason: (outcome == DeliveryOutcome::DeadLettered).then(|| "platform_rejected".into()),
+        detail: (outcome == DeliveryOutcome::DeadLettered).then(|| "400 Bad Request".into()),
+        values: 1,
+        attempts: 1,
+        worker: "w-1".into(),
+        trace_id: None,
+    };
+    store
+        .record_deliveries(
+            twinbridge_core::ShardId(1),
+            &[
+                record(1, DeliveryOutcome::Delivered),
+                record(2, DeliveryOutcome::DeadLettered),
+            ],
+            50,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let out = admin(&base, &["deliveries", "sim-thing-000003"]).await;
+    let table = ok(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("DONE"), "{table}");
+    assert!(
+        lines[1].contains("dead_lettered")
+            && lines[1].contains("platform_rejected: 400 Bad Request"),
+        "newest first: {table}"
+    );
+    assert!(
+        lines[2].contains("delivered") && lines[2].contains("pkt-1"),
+        "{table}"
+    );
+    let out = admin(
+        &base,
+        &["deliveries", "sim-thing-000003", "--limit", "1", "--json"],
+    )
+    .await;
+    let v: Value = serde_json::from_str(ok(&out)).unwrap();
+    assert_eq!(v["deliveries"].as_array().unwrap().len(), 1);
+    let out = admin(&base, &["deliveries", "ghost"]).await;
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+
+    // Release: an unknown Thing is a 404; a known one gets a forced release marker on its shard
+    // (a no-op for a Thing that is not moving: workers ignore a release that matches no hold).
+    let out = admin(&base, &["release", "ghost"]).await;
+    assert_eq!(out.code, Some(5), "{}", out.stderr);
+    let out = admin(&base, &["release", "sim-thing-000003"]).await;
+    assert!(
+        ok(&out).contains("released sim-thing-000003") && out.stdout.contains("shard 1"),
+        "{}",
+        out.stdout
+    );
 
     // Moves: an unknown shard is a 404 (exit 5), the same shard a 409 (exit 6).
     let out = admin(&base, &["move", "sim-thing-000003", "--shard", "99"]).await;

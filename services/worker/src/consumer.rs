@@ -15,12 +15,13 @@ use twinbridge_aws::{ShadowError, ShadowWriter};
 use twinbridge_core::time::now_ms;
 use twinbridge_core::PropertyChange;
 use twinbridge_core::{
-    Control, DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source,
-    SourceKind, Thing,
+    trace_id_of, Control, DeadLetter, DeadLetterReason, DeliveryOutcome, DeliveryRecord, Envelope,
+    MessageKind, Payload, ShardId, Source, SourceKind, Thing,
 };
-use twinbridge_platform::{coerce, PlatformClient, PlatformError, PropertyValue, Vtq};
+use twinbridge_platform::{coerce, BulkFailure, PlatformClient, PlatformError, PropertyValue, Vtq};
 use twinbridge_store::{EntryId, FleetStore, Lease, StoreError, StoreResult, StreamEntry};
 
+use crate::delivery_log::DeliveryLog;
 use crate::flow::{Backoff, Breaker, RateLimiter};
 use crate::mapping::{self, MappingSettings, PresenceNames};
 
@@ -28,12 +29,30 @@ use crate::mapping::{self, MappingSettings, PresenceNames};
 #[async_trait]
 pub trait PlatformSink: Send + Sync + 'static {
     async fn write(&self, thing: &str, values: &[Vtq]) -> Result<(), PlatformError>;
+
+    /// Many Things' values in one call of the bulk service `service` on `gateway`; answers the
+    /// Things that were not written.
+    async fn bulk_write(
+        &self,
+        gateway: &str,
+        service: &str,
+        batch: &[(&str, &[Vtq])],
+    ) -> Result<Vec<BulkFailure>, PlatformError>;
 }
 
 #[async_trait]
 impl PlatformSink for PlatformClient {
     async fn write(&self, thing: &str, values: &[Vtq]) -> Result<(), PlatformError> {
         self.update_property_values(thing, values).await
+    }
+
+    async fn bulk_write(
+        &self,
+        gateway: &str,
+        service: &str,
+        batch: &[(&str, &[Vtq])],
+    ) -> Result<Vec<BulkFailure>, PlatformError> {
+        PlatformClient::bulk_write(self, gateway, service, batch).await
     }
 }
 
@@ -108,6 +127,16 @@ pub struct Settings {
     pub echo_window: Duration,
     /// ThingTemplate → downlink topic template (`{thing}` replaced).
     pub downlinks: HashMap<String, String>,
+    /// Multi-Thing writes, when `[worker.bulk]` names a gateway Thing.
+    pub bulk: Option<Bulk>,
+}
+
+/// `[worker.bulk]` when on.
+#[derive(Debug, Clone)]
+pub struct Bulk {
+    pub thing: String,
+    pub service: String,
+    pub max_values: usize,
 }
 
 /// What every shard consumer of a worker shares.
@@ -124,6 +153,8 @@ pub struct Shared {
     pub limiter: Option<RateLimiter>,
     pub permits: Semaphore,
     pub models: ModelCache,
+    /// The per-Thing delivery log, when `worker.delivery_log` > 0.
+    pub deliveries: Option<DeliveryLog>,
 }
 
 /// Thing records (with their property models) cached for `ttl`.
@@ -233,6 +264,94 @@ struct Sequenced {
 }
 
 /// The consumer of one shard.
+/// An entry's outcome, reason code and detail.
+type Fate<'a> = (DeliveryOutcome, Option<&'a str>, Option<&'a str>);
+
+/// What became of each entry of a batch, for the delivery log.
+struct Outcomes<'a> {
+    work: &'a [ThingWork],
+    dead_at: &'a [usize],
+    letters: &'a [DeadLetter],
+    skipped: &'a [(usize, &'static str)],
+}
+
+impl Outcomes<'_> {
+    /// One record per message entry of the batch (control markers and undecodable entries have
+    /// no Thing and are left out).
+    fn records(
+        &self,
+        entries: &[StreamEntry],
+        shard: ShardId,
+        worker: &str,
+    ) -> Vec<DeliveryRecord> {
+        let now = now_ms();
+        let mut values = vec![0u32; entries.len()];
+        for w in self.work {
+            for item in &w.items {
+                if let Some(v) = values.get_mut(item.entry) {
+                    *v = v.saturating_add(u32::try_from(item.values.len()).unwrap_or(u32::MAX));
+                }
+            }
+            for c in &w.changes {
+                if let Some(v) = values.get_mut(c.entry) {
+                    *v = v.saturating_add(1);
+                }
+            }
+        }
+        let mut fate: Vec<Option<Fate<'_>>> = vec![None; entries.len()];
+        for (i, reason) in self.skipped {
+            if let Some(f) = fate.get_mut(*i) {
+                *f = Some((DeliveryOutcome::Skipped, Some(reason), None));
+            }
+        }
+        for (i, letter) in self.dead_at.iter().zip(self.letters) {
+            if let Some(f) = fate.get_mut(*i) {
+                *f = Some((
+                    DeliveryOutcome::DeadLettered,
+                    Some(letter.reason.code.as_str()),
+                    Some(letter.reason.detail.as_str()),
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let Ok(envelope) = &entry.envelope else {
+                continue;
+            };
+            if envelope.kind == MessageKind::Control || envelope.thing.is_empty() {
+                continue;
+            }
+            let (outcome, reason, detail) =
+                fate.get(i)
+                    .copied()
+                    .flatten()
+                    .unwrap_or((DeliveryOutcome::Delivered, None, None));
+            out.push(DeliveryRecord {
+                thing: envelope.thing.clone(),
+                kind: envelope.kind,
+                source: envelope.source.clone(),
+                shard,
+                entry: entry.id.to_string(),
+                received_at_ms: envelope.received_at_ms,
+                done_at_ms: now,
+                latency_ms: now.saturating_sub(envelope.received_at_ms),
+                outcome,
+                reason: reason.map(str::to_string),
+                detail: detail.map(str::to_string),
+                values: values.get(i).copied().unwrap_or(0),
+                attempts: u32::try_from(entry.deliveries).unwrap_or(u32::MAX),
+                worker: worker.to_string(),
+                trace_id: envelope
+                    .trace
+                    .as_deref()
+                    .and_then(trace_id_of)
+                    .map(str::to_string),
+            });
+        }
+        out
+    }
+}
+
 pub struct Consumer {
     shared: Arc<Shared>,
     lease: Lease,
@@ -573,7 +692,9 @@ impl Consumer {
             return false;
         };
 
-        let mut dead: Vec<DeadLetter> = Vec::new();
+        // Entry index → dead letter; entries handled on purpose without a write (for the log).
+        let mut dead: Vec<(usize, DeadLetter)> = Vec::new();
+        let mut skipped: Vec<(usize, &'static str)> = Vec::new();
         let mut work: Vec<ThingWork> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let settings = self.shared.settings.clone();
@@ -594,11 +715,14 @@ impl Consumer {
                         trace: None,
                         payload: Payload::default(),
                     };
-                    dead.push(self.letter(
-                        placeholder,
-                        "undecodable_entry",
-                        format!("stream entry {}: {e}", entry.id),
-                        0,
+                    dead.push((
+                        i,
+                        self.letter(
+                            placeholder,
+                            "undecodable_entry",
+                            format!("stream entry {}: {e}", entry.id),
+                            0,
+                        ),
                     ));
                     continue;
                 }
@@ -609,11 +733,14 @@ impl Consumer {
                 continue;
             }
             let Some(thing) = models.get(&envelope.thing) else {
-                dead.push(self.letter(
-                    envelope.clone(),
-                    "unknown_thing",
-                    format!("Thing `{}` is not in the fleet registry", envelope.thing),
-                    0,
+                dead.push((
+                    i,
+                    self.letter(
+                        envelope.clone(),
+                        "unknown_thing",
+                        format!("Thing `{}` is not in the fleet registry", envelope.thing),
+                        0,
+                    ),
                 ));
                 continue;
             };
@@ -657,7 +784,7 @@ impl Consumer {
                             m.values
                         }
                         Err(r) => {
-                            dead.push(self.letter(envelope.clone(), r.code, r.detail, 0));
+                            dead.push((i, self.letter(envelope.clone(), r.code, r.detail, 0)));
                             continue;
                         }
                     }
@@ -673,6 +800,7 @@ impl Consumer {
                             metrics::counter!("twinbridge_worker_presence_stale_total")
                                 .increment(1);
                             tracing::debug!(thing = %envelope.thing, "stale presence event dropped");
+                            skipped.push((i, "stale_presence"));
                             continue;
                         }
                         self.presence.insert(envelope.thing.clone(), key);
@@ -682,7 +810,7 @@ impl Consumer {
                         values
                     }
                     Err(r) => {
-                        dead.push(self.letter(envelope.clone(), r.code, r.detail, 0));
+                        dead.push((i, self.letter(envelope.clone(), r.code, r.detail, 0)));
                         continue;
                     }
                 },
@@ -697,7 +825,7 @@ impl Consumer {
                         None => self.shared.devices.is_none(),
                     };
                     if writer_missing {
-                        dead.push(self.letter(
+                        dead.push((i, self.letter(
                             envelope.clone(),
                             "no_device_writer",
                             "property changes need a device writer: enable [worker.shadow] (or \
@@ -705,18 +833,21 @@ impl Consumer {
                              this letter"
                                 .into(),
                             0,
-                        ));
+                        )));
                         continue;
                     }
                     let change: PropertyChange =
                         match serde_json::from_slice(envelope.payload.as_bytes()) {
                             Ok(c) => c,
                             Err(e) => {
-                                dead.push(self.letter(
-                                    envelope.clone(),
-                                    "invalid_property_change",
-                                    format!("not a property change: {e}"),
-                                    0,
+                                dead.push((
+                                    i,
+                                    self.letter(
+                                        envelope.clone(),
+                                        "invalid_property_change",
+                                        format!("not a property change: {e}"),
+                                        0,
+                                    ),
                                 ));
                                 continue;
                             }
@@ -729,16 +860,20 @@ impl Consumer {
                         metrics::counter!("twinbridge_worker_changes_not_writable_total")
                             .increment(1);
                         tracing::debug!(thing = %envelope.thing, property = %change.property, "change of a property that is not writable: not sent to the device");
+                        skipped.push((i, "not_writable"));
                         continue;
                     };
                     let value = match coerce(&def.base_type, &change.property, &change.value) {
                         Ok(v) => v,
                         Err(e) => {
-                            dead.push(self.letter(
-                                envelope.clone(),
-                                "invalid_property_change",
-                                e.to_string(),
-                                0,
+                            dead.push((
+                                i,
+                                self.letter(
+                                    envelope.clone(),
+                                    "invalid_property_change",
+                                    e.to_string(),
+                                    0,
+                                ),
                             ));
                             continue;
                         }
@@ -751,6 +886,7 @@ impl Consumer {
                     ) {
                         metrics::counter!("twinbridge_worker_echoes_suppressed_total").increment(1);
                         tracing::debug!(thing = %envelope.thing, property = %change.property, "echo of a value written from telemetry: not sent back");
+                        skipped.push((i, "echo"));
                         continue;
                     }
                     let slot = *index.entry(envelope.thing.clone()).or_insert_with(|| {
@@ -773,6 +909,7 @@ impl Consumer {
                 MessageKind::Control => continue,
             };
             if values.is_empty() {
+                skipped.push((i, "no_modelled_values"));
                 continue;
             }
             let slot = *index.entry(envelope.thing.clone()).or_insert_with(|| {
@@ -787,9 +924,22 @@ impl Consumer {
             work[slot].items.push(Item { entry: i, values });
         }
 
+        // With a bulk service, the telemetry of many Things goes in few calls; what it could not
+        // write (and property changes) goes Thing by Thing below.
+        let bulk_done = match &self.shared.settings.bulk {
+            Some(bulk) => match self.deliver_bulk(bulk, &work).await {
+                Some(done) => done,
+                None => return false,
+            },
+            None => vec![false; work.len()],
+        };
         // Things are independent: deliver them concurrently, each in its own order.
-        let results =
-            futures::future::join_all(work.iter().map(|w| self.deliver_thing(w, entries))).await;
+        let results = futures::future::join_all(
+            work.iter()
+                .zip(&bulk_done)
+                .map(|(w, done)| self.deliver_thing(w, entries, *done)),
+        )
+        .await;
         for result in results {
             match result {
                 Some(mut letters) => dead.append(&mut letters),
@@ -797,9 +947,10 @@ impl Consumer {
             }
         }
 
-        if !dead.is_empty() {
+        let (dead_at, letters): (Vec<usize>, Vec<DeadLetter>) = dead.into_iter().unzip();
+        let letters = Arc::new(letters);
+        if !letters.is_empty() {
             let store = self.shared.store.clone();
-            let letters = Arc::new(dead);
             if self
                 .store_call("dead-letter", || {
                     let store = store.clone();
@@ -857,6 +1008,18 @@ impl Consumer {
         match acked {
             Some(n) => {
                 metrics::counter!("twinbridge_worker_acked_total").increment(n);
+                if let Some(log) = &self.shared.deliveries {
+                    let outcomes = Outcomes {
+                        work: &work,
+                        dead_at: &dead_at,
+                        letters: &letters,
+                        skipped: &skipped,
+                    };
+                    log.submit(
+                        self.shard,
+                        outcomes.records(entries, self.shard, log.worker()),
+                    );
+                }
                 // When each Thing was last handled (admin `GET /v1/things/{name}`): one call per
                 // batch, off the delivery path; a failure only leaves the time older.
                 if !names.is_empty() {
@@ -880,11 +1043,12 @@ impl Consumer {
         &self,
         work: &ThingWork,
         entries: &[StreamEntry],
-    ) -> Option<Vec<DeadLetter>> {
+        values_done: bool,
+    ) -> Option<Vec<(usize, DeadLetter)>> {
         let max = self.shared.settings.max_values_per_call.max(1);
         let mut dead = Vec::new();
         // Chunks on entry boundaries, so a rejected chunk can be narrowed down to its entries.
-        let mut start = 0;
+        let mut start = if values_done { work.items.len() } else { 0 };
         while start < work.items.len() {
             let mut end = start;
             let mut count = 0;
@@ -929,12 +1093,87 @@ impl Consumer {
                     if let Some(envelope) =
                         entries.get(c.entry).and_then(|e| e.envelope.as_ref().ok())
                     {
-                        dead.push(self.letter(envelope.clone(), e.class(), e.to_string(), 1));
+                        dead.push((
+                            c.entry,
+                            self.letter(envelope.clone(), e.class(), e.to_string(), 1),
+                        ));
                     }
                 }
             }
         }
         Some(dead)
+    }
+
+    /// Writes the telemetry of the batch's Things through the bulk service, in calls of at most
+    /// `max_values` rows; answers which Things are done. A Thing with more values than
+    /// `max_values_per_call` is left to the per-Thing path (it is chunked there), and so is a
+    /// Thing the service could not write — it is retried alone, where a refusal is narrowed
+    /// down to its entries. `None`: the consumer must stop.
+    async fn deliver_bulk(&self, bulk: &Bulk, work: &[ThingWork]) -> Option<Vec<bool>> {
+        let mut done = vec![false; work.len()];
+        let per_call = self.shared.settings.max_values_per_call.max(1);
+        let candidates: Vec<(usize, Vec<Vtq>)> = work
+            .iter()
+            .enumerate()
+            .filter_map(|(k, w)| {
+                let values: Vec<Vtq> = w.items.iter().flat_map(|i| i.values.clone()).collect();
+                (!values.is_empty() && values.len() <= per_call).then_some((k, values))
+            })
+            .collect();
+        let max = bulk.max_values.max(1);
+        let mut start = 0;
+        while start < candidates.len() {
+            let mut end = start;
+            let mut rows = 0;
+            while end < candidates.len() && (rows == 0 || rows + candidates[end].1.len() <= max) {
+                rows += candidates[end].1.len();
+                end += 1;
+            }
+            let chunk = &candidates[start..end];
+            start = end;
+            let batch: Vec<(&str, &[Vtq])> = chunk
+                .iter()
+                .map(|(k, v)| (work[*k].thing.as_str(), v.as_slice()))
+                .collect();
+            let s = &self.shared;
+            let result = self
+                .call_platform("bulk write", || {
+                    s.platform.bulk_write(&bulk.thing, &bulk.service, &batch)
+                })
+                .await?;
+            match result {
+                Ok(failures) => {
+                    let failed: std::collections::HashSet<&str> =
+                        failures.iter().map(|f| f.thing.as_str()).collect();
+                    let mut written = 0u64;
+                    for (k, values) in chunk {
+                        if failed.contains(work[*k].thing.as_str()) {
+                            continue;
+                        }
+                        done[*k] = true;
+                        written += values.len() as u64;
+                    }
+                    metrics::counter!("twinbridge_worker_values_written_total").increment(written);
+                    metrics::counter!("twinbridge_worker_bulk_writes_total", "outcome" => "ok")
+                        .increment(1);
+                    if !failures.is_empty() {
+                        metrics::counter!("twinbridge_worker_bulk_fallbacks_total")
+                            .increment(failures.len() as u64);
+                        for f in &failures {
+                            tracing::debug!(thing = %f.thing, status = f.status, message = %f.message, "bulk write could not write a Thing: writing it alone");
+                        }
+                    }
+                }
+                Err(Fatal(e)) => {
+                    // The service itself refused the call (missing gateway or service, a body
+                    // it cannot read): every Thing goes the per-Thing way.
+                    metrics::counter!("twinbridge_worker_bulk_writes_total", "outcome" => "rejected")
+                        .increment(1);
+                    tracing::warn!(gateway = %bulk.thing, service = %bulk.service, error = %e, "bulk write refused: writing Thing by Thing (check [worker.bulk])");
+                }
+            }
+        }
+        Some(done)
     }
 
     /// Publishes desired values to a downlink topic, retrying until the broker takes them.
@@ -1024,7 +1263,7 @@ impl Consumer {
         item: &Item,
         entries: &[StreamEntry],
         e: &PlatformError,
-    ) -> Option<DeadLetter> {
+    ) -> Option<(usize, DeadLetter)> {
         let entry = entries.get(item.entry)?;
         let envelope = entry.envelope.as_ref().ok()?.clone();
         let code = match e {
@@ -1032,12 +1271,35 @@ impl Consumer {
             _ => "platform_rejected",
         };
         let attempts = u32::try_from(entry.deliveries).unwrap_or(u32::MAX);
-        Some(self.letter(envelope, code, e.to_string(), attempts))
+        Some((
+            item.entry,
+            self.letter(envelope, code, e.to_string(), attempts),
+        ))
     }
 
     /// One platform write with flow control and retries. `Some(Ok)` delivered, `Some(Err)` can
     /// never succeed, `None` the consumer must stop.
     async fn write(&self, thing: &str, values: &[Vtq]) -> Option<Result<(), Fatal>> {
+        let s = &self.shared;
+        let result = self
+            .call_platform(thing, || s.platform.write(thing, values))
+            .await?;
+        if result.is_ok() {
+            metrics::counter!("twinbridge_worker_values_written_total")
+                .increment(values.len() as u64);
+        }
+        Some(result)
+    }
+
+    /// One platform call with flow control (breaker, rate limit, concurrency) and retries of
+    /// what may succeed later. `Some(Ok)` done, `Some(Err)` can never succeed, `None` the
+    /// consumer must stop.
+    async fn call_platform<T, F, Fut>(&self, what: &str, mut op: F) -> Option<Result<T, Fatal>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, PlatformError>>,
+    {
+        let thing = what;
         let s = &self.shared;
         let mut backoff = Backoff::new(s.settings.retry_initial, s.settings.retry_max);
         loop {
@@ -1059,16 +1321,14 @@ impl Consumer {
                     _ = self.lost.cancelled() => return None,
                     p = s.permits.acquire() => p.ok(),
                 };
-                s.platform.write(thing, values).await
+                op().await
             };
             match result {
-                Ok(()) => {
+                Ok(v) => {
                     s.breaker.on_success();
                     metrics::counter!("twinbridge_worker_platform_calls_total", "outcome" => "ok")
                         .increment(1);
-                    metrics::counter!("twinbridge_worker_values_written_total")
-                        .increment(values.len() as u64);
-                    return Some(Ok(()));
+                    return Some(Ok(v));
                 }
                 Err(e @ (PlatformError::BadRequest { .. } | PlatformError::NotFound { .. })) => {
                     // The platform is up and answered: this request can never succeed.

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod delivery_log;
 pub mod downlink;
 pub mod flow;
 pub mod manager;
@@ -92,6 +93,11 @@ pub fn settings(config: &Config) -> Settings {
             .iter()
             .filter_map(|t| Some((t.template.clone(), t.downlink_topic.clone()?)))
             .collect(),
+        bulk: w.bulk.thing.as_ref().map(|thing| consumer::Bulk {
+            thing: thing.clone(),
+            service: w.bulk.service.clone(),
+            max_values: w.bulk.max_values,
+        }),
     }
 }
 
@@ -228,6 +234,17 @@ async fn run_as(
     } else {
         None
     };
+    let (deliveries, delivery_writer) = if cfg.delivery_log > 0 {
+        let (log, task) = delivery_log::DeliveryLog::start(
+            store.clone(),
+            id.0.clone(),
+            cfg.delivery_log,
+            cfg.delivery_log_ttl,
+        );
+        (Some(log), Some(task))
+    } else {
+        (None, None)
+    };
     let shared = Arc::new(Shared {
         store: store.clone(),
         platform,
@@ -239,6 +256,7 @@ async fn run_as(
         limiter: RateLimiter::new(cfg.rate_limit),
         permits: tokio::sync::Semaphore::new(cfg.platform_concurrency),
         models: ModelCache::default(),
+        deliveries,
     });
     let (manager, shards) = ShardManager::new(
         shared,
@@ -273,6 +291,10 @@ async fn run_as(
         })
     };
     let _ = manager.await;
+    // The consumers are gone, so the log's queue is closed: let it write what it holds, briefly.
+    if let Some(task) = delivery_writer {
+        let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
+    }
     downlink_stop.cancel();
     heartbeat_stop.cancel();
     let _ = heartbeat.await;

@@ -409,6 +409,84 @@ async fn what_can_never_succeed_is_dead_lettered_and_the_rest_delivered() {
         "raw bytes kept"
     );
     assert_eq!(rejected.1.shard, Some(f.shard));
+
+    // Each Thing's delivery log says what became of every message, newest first.
+    let log = |thing: &'static str, n: usize| {
+        let store = f.store.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let records = store.deliveries(thing, 50).await.unwrap();
+                if records.len() >= n || start.elapsed() > Duration::from_secs(10) {
+                    return records
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.source.position.clone(),
+                                r.outcome.as_str(),
+                                r.reason.clone().unwrap_or_default(),
+                                r.values,
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let s = |v: &str| v.to_string();
+    let mut good = log("good", 6).await;
+    // Entries of one batch share their done time: compare as sets, then check the newest.
+    good.sort();
+    assert_eq!(
+        good,
+        vec![
+            (s("0"), "dead_lettered", s("invalid_json"), 0),
+            (s("0"), "dead_lettered", s("not_an_object"), 0),
+            (s("1"), "delivered", s(""), 1),
+            (s("7"), "dead_lettered", s("invalid_presence_event"), 0),
+            (s("8"), "dead_lettered", s("no_device_writer"), 0),
+            (s("9"), "delivered", s(""), 1),
+        ]
+    );
+    let mut typed = log("typed", 2).await;
+    typed.sort();
+    assert_eq!(
+        typed,
+        vec![
+            (s("5"), "dead_lettered", s("platform_rejected"), 0),
+            (s("6"), "delivered", s(""), 1),
+        ]
+    );
+    let records = f.store.deliveries("typed", 50).await.unwrap();
+    let refused = records.iter().find(|r| r.source.position == "5").unwrap();
+    assert!(
+        refused.detail.as_deref().is_some_and(|d| d.contains("400")),
+        "the platform's answer is kept: {refused:?}"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r.worker == "w-dlq" && r.shard == f.shard && r.attempts >= 1));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_delivery_log_can_be_turned_off() {
+    let f = fleet(&["quiet"]).await;
+    let mut c = config(&f);
+    c.worker.delivery_log = 0;
+    let worker = start_with(c, &f, "w-nolog");
+    let envs = vec![envelope(
+        "quiet",
+        MessageKind::Telemetry,
+        1,
+        json!({"count": 1}),
+    )];
+    f.store.append(f.shard, &envs).await.unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "quiet", "count"), Some(json!(1)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(f.store.deliveries("quiet", 50).await.unwrap().is_empty());
     worker.stop().await;
 }
 
@@ -819,5 +897,94 @@ async fn property_changes_of_a_downlink_template_are_published_to_its_topic() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].1.reason.code, "no_device_writer");
     assert_eq!(letters[0].1.envelope.thing, "plain-1");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_writes_carry_many_things_per_call_and_fall_back_thing_by_thing() {
+    let names: Vec<String> = (0..20).map(|i| format!("bulk-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let f = fleet(&refs).await;
+    // The registry thinks `temp` of bulk-07 is a STRING; the platform refuses such a value: the
+    // bulk service reports bulk-07, which is then written alone and narrowed down to its entry.
+    let mut model = PropertyModel::default();
+    for (n, t, c) in all_types() {
+        model.insert(n, t, c);
+    }
+    model.insert("temp", BaseType::String, BOUND);
+    f.store
+        .put_things(&[Thing {
+            name: "bulk-07".into(),
+            shard: f.shard,
+            model,
+            model_version: 2,
+            template: None,
+        }])
+        .await
+        .unwrap();
+    let mut envs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        envs.push(envelope(
+            name,
+            MessageKind::Telemetry,
+            i as u64,
+            json!({"count": i}),
+        ));
+    }
+    envs.push(envelope(
+        "bulk-07",
+        MessageKind::Telemetry,
+        100,
+        json!({"temp": "hot"}),
+    ));
+    envs.push(envelope(
+        "bulk-07",
+        MessageKind::Telemetry,
+        101,
+        json!({"count": 101}),
+    ));
+    f.store.append(f.shard, &envs).await.unwrap();
+    let before = f.sim.sim.stats().requests_total;
+    let mut c = config(&f);
+    c.worker.bulk.thing = Some("TwinbridgeGateway".into());
+    c.worker.flush_window = Duration::from_millis(100);
+    let worker = start_with(c, &f, "w-bulk");
+    wait_drained(&f, Duration::from_secs(15)).await;
+    for (i, name) in names.iter().enumerate() {
+        let want = if name == "bulk-07" { 101 } else { i };
+        assert_eq!(current(&f, name, "count"), Some(json!(want)), "{name}");
+    }
+    let letters = f.store.list_dead_letters(None, 100).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].1.envelope.source.position, "100");
+    assert_eq!(letters[0].1.reason.code, "platform_rejected");
+    // 22 messages of 20 Things: one bulk call, then bulk-07 alone (the failed call, then one
+    // call per entry to narrow it down) — far fewer calls than Things.
+    let calls = f.sim.sim.stats().requests_total - before;
+    assert!(calls <= 6, "{calls} platform calls for 20 Things");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_bulk_service_falls_back_to_per_thing_writes() {
+    let f = fleet(&["nb-1", "nb-2"]).await;
+    let mut c = config(&f);
+    c.worker.bulk.thing = Some("TwinbridgeGateway".into());
+    c.worker.bulk.service = "NoSuchService".into();
+    let worker = start_with(c, &f, "w-nobulk");
+    let envs = vec![
+        envelope("nb-1", MessageKind::Telemetry, 1, json!({"count": 1})),
+        envelope("nb-2", MessageKind::Telemetry, 2, json!({"count": 2})),
+    ];
+    f.store.append(f.shard, &envs).await.unwrap();
+    wait_drained(&f, Duration::from_secs(15)).await;
+    assert_eq!(current(&f, "nb-1", "count"), Some(json!(1)));
+    assert_eq!(current(&f, "nb-2", "count"), Some(json!(2)));
+    assert!(f
+        .store
+        .list_dead_letters(None, 10)
+        .await
+        .unwrap()
+        .is_empty());
     worker.stop().await;
 }

@@ -623,6 +623,11 @@ pub struct WorkerConfig {
     /// On stop, how long in-flight batches may take before they are left to the next owner.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Records kept per Thing in its delivery log (`GET /v1/things/{name}/deliveries`); 0 = off.
+    pub delivery_log: u32,
+    /// A Thing's delivery log expires this long after its last record.
+    #[serde(with = "humantime_serde")]
+    pub delivery_log_ttl: Duration,
     /// The properties presence events set.
     pub presence: PresenceProperties,
     /// Writing property changes back to AWS IoT device shadows.
@@ -631,6 +636,31 @@ pub struct WorkerConfig {
     pub templates: Vec<TemplateMapping>,
     /// Publishing property changes to downlink topics.
     pub downlink: DownlinkSettings,
+    /// Writing many Things' values in one platform call (`[worker.bulk]`).
+    pub bulk: BulkSettings,
+}
+
+/// `[worker.bulk]`: telemetry of many Things in one call of a bulk service on a gateway Thing
+/// (see docs/platform.md, "Bulk writes"), instead of one `UpdatePropertyValues` per Thing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkSettings {
+    /// The gateway Thing carrying the bulk service; unset = off.
+    pub thing: Option<String>,
+    /// The service's name.
+    pub service: String,
+    /// Most values (rows) in one bulk call.
+    pub max_values: usize,
+}
+
+impl Default for BulkSettings {
+    fn default() -> Self {
+        BulkSettings {
+            thing: None,
+            service: "TwinbridgeWriteValues".into(),
+            max_values: 5000,
+        }
+    }
 }
 
 /// `[[worker.templates]]`: how payloads of Things of one ThingTemplate map onto properties.
@@ -750,10 +780,13 @@ impl Default for WorkerConfig {
             timestamp_field: "timestamp".into(),
             model_cache_ttl: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            delivery_log: 50,
+            delivery_log_ttl: Duration::from_secs(24 * 3600),
             presence: PresenceProperties::default(),
             shadow: ShadowSettings::default(),
             templates: Vec::new(),
             downlink: DownlinkSettings::default(),
+            bulk: BulkSettings::default(),
         }
     }
 }

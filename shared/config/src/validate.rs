@@ -286,6 +286,32 @@ pub(crate) fn validate(c: &mut Config) -> Vec<Problem> {
     }
     positive(&mut p, "worker.retry_initial", c.worker.retry_initial);
     positive(&mut p, "worker.breaker_cooldown", c.worker.breaker_cooldown);
+    if c.worker
+        .bulk
+        .thing
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        p.push(Problem::new(
+            "worker.bulk.thing",
+            "must not be empty (leave it out to turn bulk writes off)",
+        ));
+    }
+    if c.worker.bulk.service.trim().is_empty() {
+        p.push(Problem::new("worker.bulk.service", "must not be empty"));
+    }
+    if c.worker.bulk.max_values == 0 {
+        p.push(Problem::new("worker.bulk.max_values", "must be at least 1"));
+    }
+    if c.worker.delivery_log > 0 {
+        positive(&mut p, "worker.delivery_log_ttl", c.worker.delivery_log_ttl);
+    }
+    if c.worker.delivery_log > 10_000 {
+        p.push(Problem::new(
+            "worker.delivery_log",
+            "at most 10000 records per Thing (each costs about 0.4 KB of Redis memory)",
+        ));
+    }
     if c.worker.retry_max < c.worker.retry_initial {
         p.push(Problem::new(
             "worker.retry_max",

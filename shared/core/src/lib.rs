@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod delivery;
 pub mod dlq;
 pub mod envelope;
 pub mod messages;
@@ -12,6 +13,7 @@ pub mod thing;
 pub mod time;
 
 pub use control::Control;
+pub use delivery::{trace_id_of, DeliveryOutcome, DeliveryRecord};
 pub use dlq::{DeadLetter, DeadLetterReason};
 pub use envelope::{
     DecodeError, EncodedEnvelope, Envelope, MessageKind, Payload, Source, SourceKind,

@@ -287,6 +287,52 @@ impl PlatformClient {
         .map(|_| ())
     }
 
+    /// Writes many Things' values in one call of a bulk service (`POST /Things/{gateway}/
+    /// Services/{service}`, input `values`: one row per value with its `thing`; see
+    /// docs/platform.md, "Bulk writes"). The service writes each Thing's rows with
+    /// `UpdatePropertyValues` and answers the Things it could not write: rows `{thing, status,
+    /// message}` (an empty table when all were written). A Thing it names was not written at all.
+    pub async fn bulk_write(
+        &self,
+        gateway: &str,
+        service: &str,
+        batch: &[(&str, &[Vtq])],
+    ) -> Result<Vec<BulkFailure>, PlatformError> {
+        if batch.iter().all(|(_, v)| v.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let body = request::bulk_write_body(batch);
+        let what = format!("bulk write {service} of {gateway} ({} Things)", batch.len());
+        let table = self
+            .send_for_table(
+                Method::POST,
+                &["Things", gateway, "Services", service],
+                Some(&body),
+                &what,
+            )
+            .await?;
+        Ok(table
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let thing = row.get("thing")?.as_str()?.to_string();
+                Some(BulkFailure {
+                    thing,
+                    status: row
+                        .get("status")
+                        .and_then(Value::as_u64)
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(500),
+                    message: row
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+            })
+            .collect())
+    }
+
     /// Writes values stamped with the server time (`PUT …/Properties/*`).
     pub async fn set_properties(
         &self,
@@ -405,6 +451,14 @@ impl PlatformClient {
         )
         .await
     }
+}
+
+/// A Thing a bulk write could not write, with the status its own `UpdatePropertyValues` got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkFailure {
+    pub thing: String,
+    pub status: u16,
+    pub message: String,
 }
 
 async fn read_body(mut resp: reqwest::Response, what: &str) -> Result<Vec<u8>, PlatformError> {

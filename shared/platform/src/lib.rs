@@ -10,7 +10,7 @@ pub mod infotable;
 pub mod request;
 pub mod value;
 
-pub use client::{NewThing, PlatformClient};
+pub use client::{BulkFailure, NewThing, PlatformClient};
 pub use config::{AppKey, PlatformConfig, TlsOptions};
 pub use error::{CoercionError, PlatformError};
 pub use infotable::{DataShape, FieldDefinition, InfoTable};

@@ -64,6 +64,39 @@ pub fn update_property_values_body(values: &[Vtq]) -> Value {
     json!({ "values": table.to_json() })
 }
 
+/// The data shape of a multi-Thing write: one row per value, `thing` first.
+pub fn thing_vtq_shape() -> InfoTable {
+    let mut t = InfoTable::with_fields([
+        FieldDefinition::new("thing", "STRING"),
+        FieldDefinition::new("name", "STRING"),
+        FieldDefinition::new("value", "VARIANT"),
+        FieldDefinition::new("time", "DATETIME"),
+        FieldDefinition::new("quality", "STRING"),
+    ]);
+    for f in t.data_shape.field_definitions.values_mut() {
+        f.ordinal = None;
+    }
+    t
+}
+
+/// Input of the bulk write service: `{"values": <thing/name/value/time/quality InfoTable>}`, the
+/// rows of each Thing in its order.
+pub fn bulk_write_body(batch: &[(&str, &[Vtq])]) -> Value {
+    let mut table = thing_vtq_shape();
+    for (thing, values) in batch {
+        for v in *values {
+            let mut row = Map::new();
+            row.insert("thing".into(), Value::String((*thing).to_string()));
+            row.insert("name".into(), Value::String(v.name.clone()));
+            row.insert("value".into(), v.value.to_json());
+            row.insert("time".into(), Value::from(v.time));
+            row.insert("quality".into(), Value::String(v.quality.as_str().into()));
+            table.push_row(row);
+        }
+    }
+    json!({ "values": table.to_json() })
+}
+
 /// `PUT /Things/{t}/Properties/*` body: `{"temp": 21.5, "state": "run"}`.
 pub fn set_properties_body(values: &[(String, PropertyValue)]) -> Value {
     Value::Object(

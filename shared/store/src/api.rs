@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use twinbridge_core::{
-    DeadLetter, DecodeError, Envelope, FencingToken, Shard, ShardId, Thing, ThingName, WorkerId,
-    WorkerInfo,
+    DeadLetter, DecodeError, DeliveryRecord, Envelope, FencingToken, Shard, ShardId, Thing,
+    ThingName, WorkerId, WorkerInfo,
 };
 
 use crate::error::StoreError;
@@ -402,6 +402,23 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// When the fleet last handled a message of `thing` (epoch ms), if ever.
     async fn last_activity(&self, thing: &str) -> StoreResult<Option<u64>>;
+
+    // ---------------------------------------------------------------- delivery log
+
+    /// Appends records (of Things on `shard`, oldest first) to each Thing's delivery log, keeping
+    /// the newest `keep` per Thing; a Thing's log expires `ttl` after its last write. Workers
+    /// call it off the delivery path; records are best-effort diagnostics, not data.
+    async fn record_deliveries(
+        &self,
+        shard: ShardId,
+        records: &[DeliveryRecord],
+        keep: u32,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+
+    /// The newest `limit` records of `thing`'s delivery log, newest first, across every shard
+    /// the Thing was on while the records were written.
+    async fn deliveries(&self, thing: &str, limit: u32) -> StoreResult<Vec<DeliveryRecord>>;
 
     // ---------------------------------------------------------------- worker requests
 

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use twinbridge_core::time::now_ms;
 use twinbridge_core::{
-    DeadLetter, Envelope, FencingToken, Shard, ShardId, Thing, ThingName, WorkerId, WorkerInfo,
+    DeadLetter, DeliveryRecord, Envelope, FencingToken, Shard, ShardId, Thing, ThingName, WorkerId,
+    WorkerInfo,
 };
 
 use crate::api::{shard_of, ttl_ms, unique_things};
@@ -136,6 +137,10 @@ struct State {
     groups: HashMap<String, BTreeMap<String, u64>>,
     /// Thing → when a message of it was last handled (epoch ms).
     activity: HashMap<ThingName, u64>,
+    /// Per-Thing delivery logs, newest first, with the time (epoch ms) each expires.
+    deliveries: HashMap<ThingName, (u64, VecDeque<DeliveryRecord>)>,
+    /// Writes since expired delivery logs were last swept.
+    delivery_writes: u32,
     worker_requests: HashMap<WorkerId, WorkerRequest>,
 }
 
@@ -159,6 +164,8 @@ impl State {
             workers: BTreeMap::new(),
             groups: HashMap::new(),
             activity: HashMap::new(),
+            deliveries: HashMap::new(),
+            delivery_writes: 0,
             worker_requests: HashMap::new(),
         }
     }
@@ -929,6 +936,50 @@ impl FleetStore for MemoryStore {
 
     async fn last_activity(&self, thing: &str) -> StoreResult<Option<u64>> {
         Ok(self.lock().activity.get(thing).copied())
+    }
+
+    // ---------------------------------------------------------------- delivery log
+
+    async fn record_deliveries(
+        &self,
+        _shard: ShardId,
+        records: &[DeliveryRecord],
+        keep: u32,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let ttl = ttl_ms(ttl)?;
+        let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+        if records.is_empty() || keep == 0 {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut state = self.lock();
+        state.delivery_writes = state.delivery_writes.wrapping_add(1);
+        if state.delivery_writes.is_multiple_of(1024) {
+            state.deliveries.retain(|_, (expires, _)| *expires > now);
+        }
+        for r in records {
+            let (expires, log) = state
+                .deliveries
+                .entry(r.thing.clone())
+                .or_insert_with(|| (0, VecDeque::new()));
+            if *expires <= now {
+                log.clear();
+            }
+            *expires = now.saturating_add(ttl);
+            log.push_front(r.clone());
+            log.truncate(keep);
+        }
+        Ok(())
+    }
+
+    async fn deliveries(&self, thing: &str, limit: u32) -> StoreResult<Vec<DeliveryRecord>> {
+        let now = now_ms();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(match self.lock().deliveries.get(thing) {
+            Some((expires, log)) if *expires > now => log.iter().take(limit).cloned().collect(),
+            _ => Vec::new(),
+        })
     }
 
     // ---------------------------------------------------------------- groups

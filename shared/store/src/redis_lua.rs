@@ -482,3 +482,28 @@ return n
 "#
     .to_string()
 }
+
+/// KEYS: the delivery logs of the batch's Things (all in one shard's slot). ARGV: keep, ttl ms,
+/// then per key its record count followed by the records, oldest first. Pushes each Thing's
+/// records (newest at the head), trims to `keep` and refreshes the expiry.
+pub fn record_deliveries() -> String {
+    r#"
+local keep = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local a = 3
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local last = a + n - 1
+  while a <= last do
+    local upto = math.min(a + 999, last)
+    redis.call('LPUSH', KEYS[i], unpack(ARGV, a, upto))
+    a = upto + 1
+  end
+  redis.call('LTRIM', KEYS[i], 0, keep - 1)
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return #KEYS
+"#
+    .to_string()
+}

@@ -38,8 +38,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Script, Value};
 use twinbridge_core::{
-    DeadLetter, DeadLetterReason, DecodeError, Envelope, FencingToken, MessageKind, Payload, Shard,
-    ShardId, Source, SourceKind, Thing, ThingName, WorkerId, WorkerInfo,
+    DeadLetter, DeadLetterReason, DecodeError, DeliveryRecord, Envelope, FencingToken, MessageKind,
+    Payload, Shard, ShardId, Source, SourceKind, Thing, ThingName, WorkerId, WorkerInfo,
 };
 
 use crate::api::{shard_of, ttl_ms, unique_things};
@@ -201,6 +201,7 @@ struct Scripts {
     purge_all: Script,
     group_heartbeat: Script,
     record_activity: Script,
+    record_deliveries: Script,
 }
 
 impl Scripts {
@@ -226,6 +227,7 @@ impl Scripts {
             purge_all: Script::new(&lua::purge_all()),
             group_heartbeat: Script::new(&lua::group_heartbeat()),
             record_activity: Script::new(&lua::record_activity()),
+            record_deliveries: Script::new(&lua::record_deliveries()),
         }
     }
 }
@@ -499,6 +501,12 @@ impl RedisStore {
 
     fn shard_tag(&self, shard: ShardId) -> String {
         format!("{{{}:s:{}}}", self.inner.prefix, shard.0)
+    }
+
+    /// A Thing's delivery log while it is on `shard` (in the shard's slot, so one script call
+    /// writes a whole batch's logs, also on a cluster).
+    fn delivery_key(&self, shard: ShardId, thing: &str) -> String {
+        format!("{}:dlog:{thing}", self.shard_tag(shard))
     }
 
     fn stream_key(&self, shard: ShardId) -> String {
@@ -1627,6 +1635,87 @@ impl FleetStore for RedisStore {
                 .map_err(|_| corrupt(&key, format!("activity of {thing} is `{s}`")))
         })
         .transpose()
+    }
+
+    // ---------------------------------------------------------------- delivery log
+
+    async fn record_deliveries(
+        &self,
+        shard: ShardId,
+        records: &[DeliveryRecord],
+        keep: u32,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let ttl = ttl_ms(ttl)?;
+        if records.is_empty() || keep == 0 {
+            return Ok(());
+        }
+        // Group by Thing, keeping each Thing's records in their order.
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_thing: HashMap<&str, Vec<String>> = HashMap::new();
+        for r in records {
+            let json = serde_json::to_string(r)
+                .map_err(|e| StoreError::Invalid(format!("delivery record of {}: {e}", r.thing)))?;
+            by_thing
+                .entry(r.thing.as_str())
+                .or_insert_with(|| {
+                    order.push(r.thing.as_str());
+                    Vec::new()
+                })
+                .push(json);
+        }
+        let first = self.delivery_key(shard, order.first().copied().unwrap_or_default());
+        let mut inv = self.inner.scripts.record_deliveries.prepare_invoke();
+        inv.arg(keep).arg(ttl);
+        for thing in &order {
+            inv.key(self.delivery_key(shard, thing));
+            let list = by_thing.get(thing).map(Vec::as_slice).unwrap_or_default();
+            inv.arg(list.len());
+            for json in list {
+                inv.arg(json.as_str());
+            }
+        }
+        inv.invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &first))
+    }
+
+    async fn deliveries(&self, thing: &str, limit: u32) -> StoreResult<Vec<DeliveryRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let shards = self.list_shards().await?;
+        let end = i64::from(limit) - 1;
+        let reads = shards.iter().map(|shard| {
+            let key = self.delivery_key(shard.id, thing);
+            let mut conn = self.conn();
+            async move {
+                let raw: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(end)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| store_err(e, &key))?;
+                Ok::<_, StoreError>((key, raw))
+            }
+        });
+        let mut out = Vec::new();
+        for read in futures::future::join_all(reads).await {
+            let (key, raw) = read?;
+            for json in raw {
+                match serde_json::from_str::<DeliveryRecord>(&json) {
+                    Ok(r) => out.push(r),
+                    // A diagnostic log: one unreadable record must not hide the others.
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "unreadable delivery record skipped")
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.done_at_ms));
+        out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(out)
     }
 
     // ---------------------------------------------------------------- groups

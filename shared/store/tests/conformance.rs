@@ -111,6 +111,7 @@ fn all_checks() -> Vec<Check> {
         check!(workers_heartbeat_expire_remove),
         check!(groups_heartbeat_expire_leave),
         check!(activity_keeps_the_latest_time),
+        check!(delivery_log_keeps_the_newest_per_thing),
         check!(workers_requests_set_read_clear),
     ]
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use twinbridge_core::time::now_ms;
 use twinbridge_core::{
-    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, PropertyModel, ShardId, Source,
-    SourceKind, Thing, ThingName, WorkerId, WorkerInfo,
+    DeadLetter, DeadLetterReason, DeliveryOutcome, DeliveryRecord, Envelope, MessageKind, Payload,
+    PropertyModel, ShardId, Source, SourceKind, Thing, ThingName, WorkerId, WorkerInfo,
 };
 use twinbridge_store::{
     AssignmentChanges, AssignmentVersion, EntryId, FleetStore, Lease, LeaseKey, StoreError,
@@ -1480,5 +1480,79 @@ pub async fn activity_keeps_the_latest_time(store: Store) -> Result<()> {
         "b: an older time never wins"
     );
     ensure!(store.last_activity("c").await?.is_none(), "c: never");
+    Ok(())
+}
+
+fn delivery(thing: &str, shard: ShardId, done: u64) -> DeliveryRecord {
+    DeliveryRecord {
+        thing: thing.into(),
+        kind: MessageKind::Telemetry,
+        source: Source {
+            kind: SourceKind::Http,
+            name: "ingest".into(),
+            position: format!("req-{done}"),
+        },
+        shard,
+        entry: format!("{done}-0"),
+        received_at_ms: done,
+        done_at_ms: done,
+        latency_ms: 0,
+        outcome: DeliveryOutcome::Delivered,
+        reason: None,
+        detail: None,
+        values: 1,
+        attempts: 1,
+        worker: "w".into(),
+        trace_id: None,
+    }
+}
+
+pub async fn delivery_log_keeps_the_newest_per_thing(store: Store) -> Result<()> {
+    let s1 = store.create_shard(10).await?.id;
+    let s2 = store.create_shard(10).await?.id;
+    let day = Duration::from_secs(86_400);
+    let positions =
+        |records: &[DeliveryRecord]| -> Vec<u64> { records.iter().map(|r| r.done_at_ms).collect() };
+    ensure!(store.deliveries("a", 10).await?.is_empty(), "nothing yet");
+    let batch: Vec<_> = (1..=4).map(|n| delivery("a", s1, n)).collect();
+    store.record_deliveries(s1, &batch, 3, day).await?;
+    store
+        .record_deliveries(s1, &[delivery("a", s1, 5), delivery("b", s1, 5)], 3, day)
+        .await?;
+    ensure!(
+        positions(&store.deliveries("a", 10).await?) == [5, 4, 3],
+        "newest first, `keep` kept: {:?}",
+        positions(&store.deliveries("a", 10).await?)
+    );
+    // The Thing moved to another shard: both shards' records, newest first.
+    store
+        .record_deliveries(s2, &[delivery("a", s2, 10)], 3, day)
+        .await?;
+    ensure!(
+        positions(&store.deliveries("a", 10).await?) == [10, 5, 4, 3],
+        "across shards: {:?}",
+        positions(&store.deliveries("a", 10).await?)
+    );
+    ensure!(
+        positions(&store.deliveries("a", 2).await?) == [10, 5],
+        "limit"
+    );
+    ensure!(store.deliveries("a", 0).await?.is_empty(), "limit 0");
+    let b = store.deliveries("b", 10).await?;
+    ensure!(
+        b.len() == 1 && b[0] == delivery("b", s1, 5),
+        "round trip: {b:?}"
+    );
+    // keep = 0 writes nothing; a log expires ttl after its last write.
+    store
+        .record_deliveries(s1, &[delivery("c", s1, 1)], 0, day)
+        .await?;
+    ensure!(store.deliveries("c", 10).await?.is_empty(), "keep 0");
+    store
+        .record_deliveries(s1, &[delivery("d", s1, 1)], 5, Duration::from_millis(100))
+        .await?;
+    ensure!(store.deliveries("d", 10).await?.len() == 1, "before expiry");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(store.deliveries("d", 10).await?.is_empty(), "expired");
     Ok(())
 }
