@@ -18,7 +18,9 @@ Through the real Helm engine (helm-python-sdk, Helm v4 as a library) and the rea
      temporary root, Secret files with stand-in content), then the effective configuration is
      compared with the pod spec (listen port, launcher target, ids, which secrets each pod gets);
   5. the schema's `config` keys against the keys the binary knows, table by table, both ways;
-  6. bad values files (helm/bad-values/) are rejected by the schema, naming the offending key.
+  6. bad values files (helm/bad-values/) are rejected by the schema (wrong type, unknown key,
+     chart-owned key, inline secret) or refused by the templates (schema-valid but unsafe), each
+     error naming the offending key.
 Exits non-zero on the first stage that has any failure, after printing every failure of it.
 """
 
@@ -614,24 +616,37 @@ def schema_drift_stage(chart):
 
 
 def bad_values_stage(chart):
+    """`# expect: X`: the schema rejects the file naming X. `# expect-render: X`: the schema accepts
+    it and the templates refuse it, naming X."""
     started, f = time.monotonic(), Failures()
     f.expect(len(BAD_VALUES) >= 2, "bad-values", "expected bad values files in helm/bad-values/")
     for path in BAD_VALUES:
         text = path.read_text()
-        m = re.match(r"# expect: (\S+)", text)
-        if not f.expect(m, path.name, "first line must be `# expect: <what the error names>`"):
+        m = re.match(r"# (expect|expect-render): (\S+)", text)
+        if not f.expect(m, path.name, "first line must be `# expect: <key>` or `# expect-render: <key>`"):
             continue
+        kind, key = m.groups()
         values = yaml.safe_load(text) or {}
-        for how, call in (("schema", lambda: chart.validate_schema(values)),
-                          ("render", lambda: chart.render(values=values, name=RELEASE, namespace=NAMESPACE))):
+        if kind == "expect":
+            steps = (("schema", lambda: chart.validate_schema(values), helm_python.HelmValuesError),
+                     ("render", lambda: chart.render(values=values, name=RELEASE, namespace=NAMESPACE),
+                      helm_python.HelmValuesError))
+        else:
+            try:
+                chart.validate_schema(values)
+            except helm_python.HelmError as e:
+                f.add(f"{path.name} (schema)", f"rejected by the schema, expected the templates to refuse it: {e}")
+            steps = (("render", lambda: chart.render(values=values, name=RELEASE, namespace=NAMESPACE),
+                      helm_python.HelmRenderError),)
+        for how, call, expected in steps:
             try:
                 call()
-                f.add(f"{path.name} ({how})", "accepted, expected a schema error")
-            except helm_python.HelmValuesError as e:
-                f.expect(m.group(1) in str(e), f"{path.name} ({how})", f"the error does not name {m.group(1)}: {e}")
+                f.add(f"{path.name} ({how})", f"accepted, expected {expected.__name__}")
+            except expected as e:
+                f.expect(key in str(e), f"{path.name} ({how})", f"the error does not name {key}: {e}")
             except helm_python.HelmError as e:
-                f.add(f"{path.name} ({how})", f"{type(e).__name__} instead of a values error: {e}")
-    f.stage(f"{len(BAD_VALUES)} bad values files rejected by the schema, each naming its key", started)
+                f.add(f"{path.name} ({how})", f"{type(e).__name__} instead of {expected.__name__}: {e}")
+    f.stage(f"{len(BAD_VALUES)} bad values files refused (schema or templates), each naming its key", started)
 
 
 # -------------------------------------------------------------------------------------- main
