@@ -17,7 +17,8 @@ Through the real Helm engine (helm-python-sdk, Helm v4 as a library) and the rea
      that pod's environment and its mounted files (ConfigMap and Secret volumes laid out under a
      temporary root, Secret files with stand-in content), then the effective configuration is
      compared with the pod spec (listen port, launcher target, ids, which secrets each pod gets);
-  5. the schema's `config` keys against the keys the binary knows, table by table, both ways;
+  5. values.schema.json is what helm/values-schema.py writes, closed everywhere, and its `config`
+     keys are the keys the binary knows (table by table, both ways, minus those the chart sets);
   6. bad values files (helm/bad-values/) are rejected by the schema (wrong type, unknown key,
      chart-owned key, inline secret) or refused by the templates (schema-valid but unsafe), each
      error naming the offending key.
@@ -593,6 +594,10 @@ def schema_drift_stage(chart):
             elif sub.get("type") == "array" and sub.get("items", {}).get("type") == "object" and "properties" in sub["items"]:
                 walk(sub["items"], child, is_list=True)
 
+    generated = subprocess.run([sys.executable, str(ROOT / "values-schema.py")], capture_output=True, text=True, timeout=60)
+    f.expect(generated.returncode == 0 and generated.stdout == (CHART / "values.schema.json").read_text(),
+             "values.schema.json", "differs from the output of helm/values-schema.py (regenerate it: "
+             "python3 helm/values-schema.py > helm/twinbridge/values.schema.json)" + (f": {generated.stderr.strip()}" if generated.stderr else ""))
     walk(chart.schema["properties"]["config"], "")
 
     # additionalProperties: false on every object schema (maps of strings name their value type).
@@ -609,7 +614,7 @@ def schema_drift_stage(chart):
             for v in schema:
                 closed(v, where)
     closed(chart.schema, "(root)")
-    f.stage(f"values.schema.json `config` against the binary's keys ({tables} tables) and closed objects", started)
+    f.stage(f"values.schema.json: generated, closed objects, `config` = the binary's keys ({tables} tables)", started)
 
 
 # --------------------------------------------------------------------------------- bad values
