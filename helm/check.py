@@ -179,13 +179,6 @@ def by_kind(objects, kind):
     return [o for o in objects if o["kind"] == kind]
 
 
-def one(objects, kind, where, f, component=None):
-    found = [o for o in by_kind(objects, kind)
-             if component is None or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
-    f.expect(len(found) == 1, where, f"expected one {kind}{' for ' + component if component else ''}, found {len(found)}")
-    return found[0] if found else None
-
-
 def workloads(objects):
     """component → Deployment or StatefulSet."""
     out = {}
@@ -208,9 +201,9 @@ def duration_seconds(text):
     return total
 
 
-def check_objects(label, values, objects, f):
+def check_objects(chart, label, values, objects, f):
     where = f"rendered {label}"
-    merged = values_merged(values)
+    merged = values_merged(chart, values)
     for o in objects:
         name = f"{o['kind']}/{o['metadata'].get('name')}"
         f.expect(o.get("apiVersion") and o["metadata"].get("name"), where, f"{name} without apiVersion or name")
@@ -388,8 +381,9 @@ def check_rbac(where, objects, wl, owner, f):
                  f"the {component} pods run as the scheduler's service account (which may scale workers)")
 
 
-def values_merged(values):
-    return CHART_OBJ.merge_values(values)
+def values_merged(chart, values):
+    """The values a release would use: the chart's defaults coalesced with `values`."""
+    return chart.merge_values(values)
 
 
 # ------------------------------------------------------------------------------- config check
@@ -488,7 +482,7 @@ def config_stage(chart):
     with tempfile.TemporaryDirectory(prefix="twinbridge-helm-config-") as tmp:
         for label, values in cases():
             objects, _ = render(chart, values)
-            merged = values_merged(values)
+            merged = values_merged(chart, values)
             wl = workloads(objects)
             keys = merged["secrets"]["keys"]
             for component in COMPONENTS:
@@ -658,7 +652,6 @@ def bad_values_stage(chart):
 
 
 def main():
-    global CHART_OBJ
     began = time.monotonic()
     problems = []
     if not BIN or not os.access(BIN, os.X_OK):
@@ -674,8 +667,7 @@ def main():
 
     lint_stage()
 
-    CHART_OBJ = helm_python.Chart.load(str(CHART))
-    chart = CHART_OBJ
+    chart = helm_python.Chart.load(str(CHART))
 
     started, f = time.monotonic(), Failures()
     total, skipped_all = 0, set()
@@ -692,7 +684,7 @@ def main():
             n, skipped = kubernetes_validate(label, objects, f, Path(tmp))
             total += n
             skipped_all.update(s.split("/")[0] for s in skipped)
-            check_objects(label, values, objects, f)
+            check_objects(chart, label, values, objects, f)
     f.stage(f"render + kubernetes-validate --strict -k {KUBE_VERSION} ({total} objects; skipped by kind, no schema: "
             f"{', '.join(sorted(skipped_all)) or 'none'}) + object tests", started)
 
@@ -701,8 +693,6 @@ def main():
     bad_values_stage(chart)
     print(f"helm/check: all passed in {time.monotonic() - began:.1f}s")
 
-
-CHART_OBJ = None
 
 if __name__ == "__main__":
     main()
