@@ -411,6 +411,53 @@ class Check:
                 expect(secret not in printed, f"{role}: a secret printed")
         step("the scheduler, router and worker containers' environment is a valid twinbridge configuration")
 
+    def check_tls_store(self):
+        """A created Redis is `rediss://` with AUTH: the worker container, with only the Redis URL
+        (and its listen address) changed, must connect to a TLS-only Redis that wants the password,
+        verifying its certificate against the trust store (SSL_CERT_FILE here, the image's CA
+        certificates on ECS)."""
+        props = self.template["Resources"]["WorkerTaskDefinition"]["Properties"]
+        urls = next(e["Value"] for e in props["ContainerDefinitions"][0]["Environment"] if isinstance(e, dict) and e.get("Name") == "TWINBRIDGE_STORE__URLS")
+        created = urls["If"][1]["Sub"]
+        expect(created.startswith("[rediss://"), f"the created Redis's URL is not TLS: {created}")
+        port = free_port()
+        env = self.container_env("worker", self.secret_values)
+        env.update(
+            {
+                "TWINBRIDGE_STORE__URLS": f"[rediss://127.0.0.1:{self.args.redis_tls_port}]",
+                "TWINBRIDGE_WORKER__LISTEN": f"127.0.0.1:{port}",
+                "SSL_CERT_FILE": self.args.ca_file,
+            }
+        )
+        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.args.workdir}
+        log_path = os.path.join(self.args.workdir, "worker-tls.log")
+        with open(log_path, "w") as log:
+            worker = subprocess.Popen([self.args.bin, "worker"], env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
+        with open(os.path.join(self.args.workdir, "worker.pid"), "w") as f:
+            f.write(str(worker.pid))
+        try:
+            deadline = time.time() + 15
+            while True:
+                if worker.poll() is not None:
+                    raise CheckFailed(f"the worker exited ({worker.returncode}):\n{open(log_path).read()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, socket.timeout):
+                    pass
+                if time.time() > deadline:
+                    raise CheckFailed(f"the worker is not ready on a TLS Redis after 15 s:\n{open(log_path).read()[-2000:]}")
+                time.sleep(0.1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        step("the worker container reaches a TLS-only Redis with AUTH (rediss://, as for a created Redis)")
+
     # -------------------------------------------------------------- the real scheduler
     def start_scheduler(self, extra_env, tag):
         port = free_port()
@@ -572,6 +619,7 @@ class Check:
         self.create_stack(vpc, subnets)
         self.check_resources()
         self.check_config()
+        self.check_tls_store()
         try:
             started = self.run_scheduler()
         except BaseException:
@@ -591,6 +639,8 @@ def main():
     parser.add_argument("--template", required=True)
     parser.add_argument("--moto", required=True, help="http://127.0.0.1:PORT")
     parser.add_argument("--redis-port", required=True, type=int)
+    parser.add_argument("--redis-tls-port", required=True, type=int, help="a Redis speaking only TLS")
+    parser.add_argument("--ca-file", required=True, help="the CA of the TLS Redis's certificate")
     parser.add_argument("--sim", required=True, help="http://127.0.0.1:PORT of the platform simulator")
     parser.add_argument("--sim-app-key", required=True)
     parser.add_argument("--bin", required=True, help="the twinbridge binary")
