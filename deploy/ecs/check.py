@@ -456,6 +456,7 @@ class Check:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
+            open(os.path.join(self.args.workdir, "worker.pid"), "w").close()
         step("the worker container reaches a TLS-only Redis with AUTH (rediss://, as for a created Redis)")
 
     # -------------------------------------------------------------- the real scheduler
