@@ -338,7 +338,10 @@ impl Outcomes<'_> {
                 outcome,
                 reason: reason.map(str::to_string),
                 detail: detail.map(str::to_string),
-                values: values.get(i).copied().unwrap_or(0),
+                values: match outcome {
+                    DeliveryOutcome::Delivered => values.get(i).copied().unwrap_or(0),
+                    _ => 0,
+                },
                 attempts: u32::try_from(entry.deliveries).unwrap_or(u32::MAX),
                 worker: worker.to_string(),
                 trace_id: envelope
