@@ -112,6 +112,8 @@ config = obj({
         "retry_initial": d(), "retry_max": d(),
         "breaker_threshold": i(1), "breaker_cooldown": d(),
         "timestamp_field": s(), "model_cache_ttl": d(), "shutdown_grace": d(),
+        "delivery_log": i(0, 10000), "delivery_log_ttl": d(),
+        "bulk": obj({"thing": s(), "service": s(), "max_values": i(1)}),
         "presence": obj({"connected": s(), "last_change": s(), "disconnect_reason": s()}),
         "shadow": obj({
             "enabled": b(), "region": s(), "endpoint": s(pattern="^https?://"),
