@@ -75,8 +75,19 @@ fn letter(inbound: &Inbound, thing: &str, kind: MessageKind, r: &Rejection) -> D
     }
 }
 
+/// Counts one inbound message by source and kind (`unclassified` when it could not be classified).
+fn received(inbound: &Inbound, kind: Option<MessageKind>) {
+    metrics::counter!(
+        "twinbridge_router_received_total",
+        "source" => inbound.source.kind.as_str(),
+        "kind" => kind.map_or("unclassified", |k| k.as_str())
+    )
+    .increment(1);
+}
+
 /// A dead letter for an inbound message that cannot be ingested.
 pub fn reject(inbound: &Inbound, code: &'static str, detail: String) -> DeadLetter {
+    received(inbound, inbound.known.as_ref().map(|k| k.0));
     let kind = inbound
         .known
         .as_ref()
@@ -89,6 +100,7 @@ impl Ingestor {
     /// must retry, which may append some messages twice — never lose them).
     pub async fn ingest(&self, batch: Vec<Inbound>) -> StoreResult<Vec<Outcome>> {
         let now = now_ms();
+        metrics::histogram!("twinbridge_router_batch_messages").record(batch.len() as f64);
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut dead: Vec<DeadLetter> = Vec::new();
         // (index, classified kind, thing)
@@ -106,6 +118,7 @@ impl Ingestor {
                 );
                 let mut kept = m.clone();
                 kept.payload = m.payload.slice(..self.max_payload_bytes);
+                received(m, m.known.as_ref().map(|k| k.0));
                 dead.push(letter(&kept, "", MessageKind::Telemetry, &r));
                 outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
                 continue;
@@ -123,6 +136,7 @@ impl Ingestor {
             match classified {
                 Ok((kind, thing)) => routed.push((i, kind, thing)),
                 Err(r) => {
+                    received(m, None);
                     dead.push(letter(m, "", MessageKind::Telemetry, &r));
                     outcomes[i] = Some(Outcome::DeadLettered { code: r.code });
                 }
@@ -143,6 +157,7 @@ impl Ingestor {
         let mut per_shard: BTreeMap<ShardId, (Vec<usize>, Vec<Envelope>)> = BTreeMap::new();
         for (i, kind, thing) in routed {
             let m = &batch[i];
+            received(m, Some(kind));
             metrics::counter!("twinbridge_router_messages_total", "kind" => kind.as_str())
                 .increment(1);
             match self.routes.get(&thing) {

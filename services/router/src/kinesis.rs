@@ -363,6 +363,9 @@ async fn read_shard(
         &lost,
     )
     .await;
+    // This router no longer reads the shard: its lag is another router's to report.
+    metrics::gauge!("twinbridge_router_kinesis_millis_behind_latest", "shard" => shard.clone())
+        .set(0.0);
     renewing.cancel();
     let _ = renewer.await;
     if exit != Exit::LeaseLost {

@@ -97,6 +97,7 @@ async fn run_inner(
     store: StoreOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
+    twinbridge_telemetry::catalogue::register_service("router");
     let rules = rules(&config)?;
     let listen = config.router.listen;
     let health = Health::new();

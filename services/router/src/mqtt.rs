@@ -57,6 +57,7 @@ pub async fn run(
         .collect();
     let broker = format!("{}:{}", cfg.host, cfg.port);
     tracing::info!(%broker, ?filters, client_id = %cfg.client_id, "MQTT source starting");
+    metrics::gauge!("twinbridge_router_mqtt_connected").set(0.0);
 
     // The event loop forwards publishes; the batcher ingests and acknowledges them. The channel
     // is bounded: a slow store slows reading from the broker (TCP backpressure), never drops.

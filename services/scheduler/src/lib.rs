@@ -14,9 +14,12 @@
 //!   (clamped to `min_workers..=max_workers`) every `launcher.interval`: child processes, ECS
 //!   tasks, the replicas of a Kubernetes workload, or nothing (`external`). Followers launch
 //!   nothing; on stop, the process launcher stops its children.
+//! - [`fleet_metrics`]: every replica exports the fleet (Things, shards, workers, DLQ, per-shard
+//!   backlog and ownership) as gauges, refreshed every few seconds.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod fleet_metrics;
 pub mod launcher;
 pub mod moves;
 pub mod provision;
@@ -90,6 +93,7 @@ async fn run_inner(
     store: StoreOptions,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
+    twinbridge_telemetry::catalogue::register_service("scheduler");
     let platform = Arc::new(PlatformClient::new(
         config
             .platform_client_config()
@@ -134,6 +138,8 @@ async fn run_inner(
         "scheduler-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let gauges =
+        tokio::spawn(fleet_metrics::run(store.clone(), shutdown.clone()).in_current_span());
     let (leading_tx, leading_rx) = watch::channel(false);
     let launching = tokio::spawn(
         launch(
@@ -164,6 +170,7 @@ async fn run_inner(
     )
     .await;
     let _ = launching.await;
+    let _ = gauges.await;
     let _ = http.await;
     tracing::info!("scheduler stopped");
     Ok(())
@@ -318,6 +325,8 @@ async fn lead(
             None => match store.acquire_lease(&key, me, ttl).await {
                 Ok(l) => {
                     tracing::info!(token = l.token.0, "leading the fleet");
+                    metrics::counter!("twinbridge_scheduler_leadership_acquired_total")
+                        .increment(1);
                     next_sync = tokio::time::Instant::now();
                     Some(l)
                 }

@@ -2,7 +2,7 @@
 //! order, deliver them to the platform in per-Thing batches, dead-letter what can never succeed,
 //! and acknowledge a batch only once every entry in it is delivered or dead-lettered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -239,6 +239,41 @@ struct ThingWork {
 /// A platform call that cannot succeed.
 struct Fatal(PlatformError);
 
+/// Counts the acknowledged entries of a batch that were delivered (not dead-lettered, not control
+/// markers) by kind and records each one's latency from the router's receipt: one counter
+/// increment per kind and one histogram sample per entry.
+fn record_delivered(entries: &[StreamEntry], dead_at: &[usize]) {
+    const KINDS: [MessageKind; 3] = [
+        MessageKind::Telemetry,
+        MessageKind::Presence,
+        MessageKind::PropertyChange,
+    ];
+    let now = now_ms();
+    let latency = KINDS.map(
+        |k| metrics::histogram!("twinbridge_worker_delivery_latency_seconds", "kind" => k.as_str()),
+    );
+    let mut delivered = [0u64; 3];
+    for (i, entry) in entries.iter().enumerate() {
+        let Ok(envelope) = &entry.envelope else {
+            continue;
+        };
+        let Some(slot) = KINDS.iter().position(|k| *k == envelope.kind) else {
+            continue;
+        };
+        if dead_at.contains(&i) {
+            continue;
+        }
+        delivered[slot] += 1;
+        latency[slot].record(now.saturating_sub(envelope.received_at_ms) as f64 / 1000.0);
+    }
+    for (kind, n) in KINDS.iter().zip(delivered) {
+        if n > 0 {
+            metrics::counter!("twinbridge_worker_delivered_total", "kind" => kind.as_str())
+                .increment(n);
+        }
+    }
+}
+
 /// How long a Thing may be held before the consumer warns that its move is not finishing.
 const HOLD_WARN_AFTER: Duration = Duration::from_secs(60);
 
@@ -414,6 +449,7 @@ impl Consumer {
         //    One walk with a cursor: entries of a held Thing stay pending and must not be
         //    claimed twice.
         let mut cursor: Option<EntryId> = None;
+        let mut took_over = false;
         loop {
             if self.stop.is_cancelled() || self.lost.is_cancelled() {
                 return self.exit();
@@ -442,6 +478,10 @@ impl Consumer {
             };
             cursor = Some(last.id.clone());
             metrics::counter!("twinbridge_worker_claimed_total").increment(claimed.len() as u64);
+            if !std::mem::replace(&mut took_over, true) {
+                // Work a previous owner left unacknowledged: this acquisition was a takeover.
+                metrics::counter!("twinbridge_worker_lease_steals_total").increment(1);
+            }
             tracing::info!(entries = claimed.len(), "took over pending entries");
             if !self.process(claimed).await {
                 return Exit::Abandoned;
@@ -549,6 +589,7 @@ impl Consumer {
     /// Handles one batch; false when the consumer must stop without acknowledging.
     async fn process(&mut self, entries: Vec<StreamEntry>) -> bool {
         let started = Instant::now();
+        metrics::histogram!("twinbridge_worker_batch_entries").record(entries.len() as f64);
         let span = tracing::debug_span!("batch", entries = entries.len());
         let sequenced = self.sequence(entries);
         if sequenced.ready.is_empty() {
@@ -1011,6 +1052,7 @@ impl Consumer {
         match acked {
             Some(n) => {
                 metrics::counter!("twinbridge_worker_acked_total").increment(n);
+                record_delivered(entries, &dead_at);
                 if let Some(log) = &self.shared.deliveries {
                     let outcomes = Outcomes {
                         work: &work,

@@ -61,6 +61,8 @@ struct BreakerState {
 
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        // Closed from the start, so the gauge exists before the first failure.
+        metrics::gauge!("twinbridge_worker_circuit_open").set(0.0);
         Breaker {
             threshold: threshold.max(1),
             cooldown,

@@ -195,6 +195,7 @@ async fn run_as(
     devices: Option<Arc<dyn DeviceSink>>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    twinbridge_telemetry::catalogue::register_service("worker");
     let cfg = &config.worker;
     let health = Health::new();
     health.not_ready("store", "connecting");

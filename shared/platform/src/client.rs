@@ -110,8 +110,27 @@ impl PlatformClient {
     }
 
     /// Sends one request and returns the status and body of a 2xx answer; everything else
-    /// becomes a classified [`PlatformError`].
+    /// becomes a classified [`PlatformError`]. Counts the call by `operation` and outcome class
+    /// (`twinbridge_platform_calls_total`).
     async fn send(
+        &self,
+        operation: &'static str,
+        method: Method,
+        segments: &[&str],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Vec<u8>), PlatformError> {
+        let result = self.send_uncounted(method, segments, body, what).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.class(),
+        };
+        metrics::counter!("twinbridge_platform_calls_total", "operation" => operation, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn send_uncounted(
         &self,
         method: Method,
         segments: &[&str],
@@ -163,12 +182,13 @@ impl PlatformClient {
     /// Sends a request whose answer must be an InfoTable (an empty body reads as an empty table).
     async fn send_for_table(
         &self,
+        operation: &'static str,
         method: Method,
         segments: &[&str],
         body: Option<&Value>,
         what: &str,
     ) -> Result<InfoTable, PlatformError> {
-        let (status, bytes) = self.send(method, segments, body, what).await?;
+        let (status, bytes) = self.send(operation, method, segments, body, what).await?;
         parse_table(status, &bytes, what)
     }
 
@@ -183,6 +203,7 @@ impl PlatformClient {
         let body = request::get_entity_list_body(tag, max_items, name_mask);
         let table = self
             .send_for_table(
+                "GetEntityList",
                 Method::POST,
                 &["Resources", "EntityServices", "Services", "GetEntityList"],
                 Some(&body),
@@ -201,6 +222,7 @@ impl PlatformClient {
         let body = request::get_property_definitions_body(category);
         let table = self
             .send_for_table(
+                "GetPropertyDefinitions",
                 Method::POST,
                 &["Things", thing, "Services", "GetPropertyDefinitions"],
                 Some(&body),
@@ -239,7 +261,13 @@ impl PlatformClient {
     pub async fn read_properties(&self, thing: &str) -> Result<Map<String, Value>, PlatformError> {
         let what = format!("properties of {thing}");
         let table = self
-            .send_for_table(Method::GET, &["Things", thing, "Properties"], None, &what)
+            .send_for_table(
+                "GetProperties",
+                Method::GET,
+                &["Things", thing, "Properties"],
+                None,
+                &what,
+            )
             .await?;
         Ok(table.rows.into_iter().next().unwrap_or_default())
     }
@@ -249,6 +277,7 @@ impl PlatformClient {
         let what = format!("property {property} of {thing}");
         let (status, bytes) = self
             .send(
+                "GetProperty",
                 Method::GET,
                 &["Things", thing, "Properties", property],
                 None,
@@ -278,6 +307,7 @@ impl PlatformClient {
         }
         let body = request::update_property_values_body(values);
         self.send(
+            "UpdatePropertyValues",
             Method::POST,
             &["Things", thing, "Services", "UpdatePropertyValues"],
             Some(&body),
@@ -344,6 +374,7 @@ impl PlatformClient {
         }
         let body = request::set_properties_body(values);
         self.send(
+            "SetProperties",
             Method::PUT,
             &["Things", thing, "Properties", "*"],
             Some(&body),
@@ -357,6 +388,7 @@ impl PlatformClient {
     pub async fn thing_exists(&self, thing: &str) -> Result<bool, PlatformError> {
         match self
             .send(
+                "GetThing",
                 Method::GET,
                 &["Things", thing],
                 None,
@@ -375,7 +407,7 @@ impl PlatformClient {
     pub async fn thing_template(&self, thing: &str) -> Result<Option<String>, PlatformError> {
         let what = format!("Thing {thing}");
         let (status, bytes) = self
-            .send(Method::GET, &["Things", thing], None, &what)
+            .send("GetThing", Method::GET, &["Things", thing], None, &what)
             .await?;
         let v: Value =
             serde_json::from_slice(&bytes).map_err(|_| PlatformError::InvalidResponse {
@@ -398,6 +430,7 @@ impl PlatformClient {
             &thing.tags,
         );
         self.send(
+            "CreateThing",
             Method::POST,
             &["Resources", "EntityServices", "Services", "CreateThing"],
             Some(&body),
@@ -428,6 +461,7 @@ impl PlatformClient {
         inputs: &Value,
     ) -> Result<InfoTable, PlatformError> {
         self.send_for_table(
+            "ThingService",
             Method::POST,
             &["Things", thing, "Services", service],
             Some(inputs),
@@ -444,6 +478,7 @@ impl PlatformClient {
         inputs: &Value,
     ) -> Result<InfoTable, PlatformError> {
         self.send_for_table(
+            "ResourceService",
             Method::POST,
             &["Resources", resource, "Services", service],
             Some(inputs),

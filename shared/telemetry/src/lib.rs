@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod catalogue;
 pub mod health;
 pub mod logging;
 pub mod metrics_export;
