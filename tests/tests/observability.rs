@@ -464,9 +464,13 @@ impl Prometheus {
 
     /// An instant query; the API's error (e.g. a parse error) as `Err`.
     async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.base),
+            &[("query", expr)],
+        )
+        .map_err(|e| e.to_string())?;
         let resp = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", self.base))
-            .query(&[("query", expr)])
+            .get(url)
             .send()
             .await
             .map_err(|e| e.to_string())?;

@@ -2,7 +2,7 @@
 //! order, deliver them to the platform in per-Thing batches, dead-letter what can never succeed,
 //! and acknowledge a batch only once every entry in it is delivered or dead-lettered.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

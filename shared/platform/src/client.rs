@@ -335,6 +335,7 @@ impl PlatformClient {
         let what = format!("bulk write {service} of {gateway} ({} Things)", batch.len());
         let table = self
             .send_for_table(
+                "BulkWrite",
                 Method::POST,
                 &["Things", gateway, "Services", service],
                 Some(&body),

@@ -173,7 +173,7 @@ impl BlockingConn {
 }
 
 enum Clients {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// The normal client and one without a response timeout for blocking waits.
     Cluster {
         blocking: Box<ClusterClient>,
@@ -475,7 +475,7 @@ impl RedisStore {
             let conn = ConnectionManager::new_with_config(client.clone(), config)
                 .await
                 .map_err(|e| store_err(e, "connect"))?;
-            (Conn::Single(conn), Clients::Single(client))
+            (Conn::Single(conn), Clients::Single(Box::new(client)))
         };
         let prefix = options.prefix.clone();
         Ok(RedisStore {
