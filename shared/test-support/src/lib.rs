@@ -206,6 +206,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id while it runs (load tests read its RSS and CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
