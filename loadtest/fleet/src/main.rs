@@ -5,18 +5,27 @@
 //! the device timestamp the message carried), errors, and each process's peak RSS and CPU.
 //!
 //! `bash loadtest/run` builds the release binaries and runs it; see docs/benchmarks.md.
+//!
+//! With `--serve` it only starts the fleet (optionally with the routers' MQTT source and the
+//! workers' MQTT downlink on a broker), writes its endpoints to a file and waits for SIGTERM:
+//! `loadtest/smoke` runs k6, goose and `mqtt-devices` against it (see docs/loadtest.md).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 use twinbridge_fleet_tests::{eventually, Service};
-use twinbridge_platform_sim::{RunningSim, SimOptions};
-use twinbridge_test_support::{free_port, unique_prefix, RedisServer};
+use twinbridge_loadtest::now_ms;
+use twinbridge_loadtest::procstat::{proc_stats, TICKS_PER_SECOND};
+use twinbridge_loadtest::sim::SimProbe;
+use twinbridge_platform_sim::{RunningSim, SimOptions, SIM_TEMPLATE};
+use twinbridge_test_support::{free_port, unique_prefix, Mosquitto, RedisServer};
 
 #[derive(Parser, Debug)]
 #[command(about = "Drive a local twinbridge fleet at set rates and measure it")]
@@ -46,37 +55,36 @@ struct Args {
     /// Fail (exit 1) unless every message is delivered: the CI smoke run.
     #[arg(long)]
     check: bool,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// (peak RSS KiB, CPU ticks user+system) of a process.
-fn proc_stats(pid: u32) -> (u64, u64) {
-    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may contain spaces).
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    (hwm, ticks)
+    /// Things per shard (the scheduler's `shard_capacity`).
+    #[arg(long, default_value_t = 1000)]
+    shard_capacity: u32,
+    /// Only start the fleet and keep it running, without load: write its endpoints to
+    /// `--endpoints` and wait for SIGTERM or SIGINT. Other tools (k6, goose, `mqtt-devices`)
+    /// then drive it.
+    #[arg(long)]
+    serve: bool,
+    /// With `--serve`: write `KEY=value` lines (ROUTER_URL, ADMIN_URL, SIM_URL, MQTT_PORT…) to
+    /// this file once the fleet is ready, for `source` in a shell script.
+    #[arg(long, requires = "serve")]
+    endpoints: Option<PathBuf>,
+    /// Enable the routers' MQTT source on the broker at 127.0.0.1:PORT (default filters:
+    /// `things/+/telemetry` and the presence events).
+    #[arg(long, value_name = "PORT")]
+    mqtt_port: Option<u16>,
+    /// Start a Mosquitto on a free port for the MQTT source (when --mqtt-port is not given).
+    #[arg(long, conflicts_with = "mqtt_port")]
+    mqtt: bool,
+    /// The workers publish property changes of the simulator's Things to this MQTT topic
+    /// (`{thing}` is replaced), on the same broker: the webhook path ends there. Needs
+    /// --mqtt-port or --mqtt.
+    #[arg(long, value_name = "TOPIC")]
+    downlink_topic: Option<String>,
+    /// Bearer token the routers' ingest and webhook endpoints require.
+    #[arg(long)]
+    ingest_token: Option<String>,
+    /// Bearer token the scheduler's admin API requires.
+    #[arg(long)]
+    admin_token: Option<String>,
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -99,14 +107,13 @@ struct Step {
     procs: Vec<(String, u64, f64)>,
 }
 
-async fn fleet_ready(admin: &str, shards: u64) -> bool {
-    let Ok(r) = reqwest::get(format!("{admin}/v1/fleet")).await else {
-        return false;
-    };
-    let Ok(v) = r.json::<Value>().await else {
-        return false;
-    };
-    v["shards"] == json!(shards) && v["shards_owned"] == json!(shards)
+/// `GET {admin}/v1/fleet`, `None` while it does not answer.
+async fn fleet_status(http: &reqwest::Client, admin: &str, token: Option<&str>) -> Option<Value> {
+    let mut req = http.get(format!("{admin}/v1/fleet"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.ok()?.json::<Value>().await.ok()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -116,14 +123,11 @@ async fn run_step(
     sim: &RunningSim,
     routers: &[String],
     names: &Arc<Vec<String>>,
-    services: &[Service],
+    procs: &[(String, u32)],
     http: &reqwest::Client,
 ) -> Result<Step> {
     let writes_before = sim.sim.stats().property_writes_total;
-    let cpu_before: Vec<u64> = services
-        .iter()
-        .map(|s| s.pid().map_or(0, |p| proc_stats(p).1))
-        .collect();
+    let cpu_before: Vec<u64> = procs.iter().map(|(_, pid)| proc_stats(*pid).1).collect();
     let started = Instant::now();
     let step_start_ms = now_ms();
     let sent = Arc::new(AtomicU64::new(0));
@@ -157,13 +161,13 @@ async fn run_step(
             let url = format!("{}/v1/ingest", routers[request % routers.len()]);
             request += 1;
             let (http, sent, errors) = (http.clone(), sent.clone(), errors.clone());
+            let token = args.ingest_token.clone();
             tasks.push(tokio::spawn(async move {
-                let ok = match http
-                    .post(url)
-                    .json(&json!({"messages": messages}))
-                    .send()
-                    .await
-                {
+                let mut req = http.post(url).json(&json!({"messages": messages}));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let ok = match req.send().await {
                     Ok(r) => r.status() == 202,
                     Err(_) => false,
                 };
@@ -197,14 +201,13 @@ async fn run_step(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let wall = started.elapsed().as_secs_f64();
-    let procs = services
+    let procs = procs
         .iter()
         .zip(cpu_before)
-        .map(|(s, before)| {
-            let (hwm, ticks) = s.pid().map_or((0, 0), proc_stats);
-            // Linux reports 100 ticks per second.
-            let cpu = (ticks.saturating_sub(before)) as f64 / 100.0 / wall * 100.0;
-            (s.name.clone(), hwm, cpu)
+        .map(|((name, pid), before)| {
+            let (hwm, ticks) = proc_stats(*pid);
+            let cpu = (ticks.saturating_sub(before)) as f64 / TICKS_PER_SECOND / wall * 100.0;
+            (name.clone(), hwm, cpu)
         })
         .collect();
     // Latency and delivery time of every value of this step, from the platform's records.
@@ -234,22 +237,50 @@ async fn run_step(
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    let redis = RedisServer::start().await?;
-    let sim = twinbridge_platform_sim::spawn(SimOptions {
-        generate: args.things,
-        history_cap: 1_000_000,
-        ..SimOptions::for_tests()
-    })
-    .await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("twinbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// A running fleet: Redis, the simulator (in this process), a scheduler, routers and workers.
+struct Fleet {
+    redis: RedisServer,
+    sim: RunningSim,
+    /// The broker the MQTT source reads from, when one is enabled (and the one this process
+    /// started, if it did).
+    mqtt_port: Option<u16>,
+    _mosquitto: Option<Mosquitto>,
+    services: Vec<Service>,
+    routers: Vec<String>,
+    admin: String,
+    shards: u64,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// (name, pid) of every process of the fleet, this one (simulator and load generator)
+    /// included.
+    fn processes(&self) -> Vec<(String, u32)> {
+        let mut procs: Vec<(String, u32)> = self
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.pid()?)))
+            .collect();
+        if let Some(pid) = self.redis.pid() {
+            procs.push(("redis".into(), pid));
+        }
+        procs.push(("sim+loadgen".into(), std::process::id()));
+        procs
+    }
+
+    async fn stop(self) {
+        for mut s in self.services {
+            if let Err(e) = s.stop(Duration::from_secs(15)).await {
+                eprintln!("{e}");
+            }
+        }
+    }
+}
+
+/// The TOML configuration every process of the fleet reads.
+fn fleet_config(args: &Args, redis: &RedisServer, sim: &RunningSim, mqtt: Option<u16>) -> String {
+    let mut config = format!(
+        r#"
 [log]
 level = "warn"
 [store]
@@ -261,7 +292,7 @@ url = "{platform}"
 app_key = "{key}"
 [scheduler]
 discovery_interval = "1h"
-shard_capacity = 1000
+shard_capacity = {capacity}
 [scheduler.launcher]
 # fleet-load starts the workers itself, to measure each process.
 kind = "external"
@@ -270,32 +301,91 @@ max_batch_messages = 5000
 [worker]
 max_shards = 64
 "#,
-            redis = redis.url(),
-            prefix = unique_prefix("load"),
-            platform = sim.url(),
-            key = sim.app_key(),
-        ),
-    )?;
+        redis = redis.url(),
+        prefix = unique_prefix("load"),
+        platform = sim.url(),
+        key = sim.app_key(),
+        capacity = args.shard_capacity,
+    );
+    if let Some(token) = &args.ingest_token {
+        // Under [router] (keys of a table may follow its sub-tables only in their own block).
+        config = config.replace(
+            "[router]\n",
+            &format!("[router]\ningest_token = {}\n", json!(token)),
+        );
+    }
+    if let Some(token) = &args.admin_token {
+        config = config.replace(
+            "[scheduler]\n",
+            &format!("[scheduler]\nadmin_token = {}\n", json!(token)),
+        );
+    }
+    if let Some(port) = mqtt {
+        // Several routers split the messages through a shared subscription.
+        let _ = write!(
+            config,
+            "[router.mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\n{shared}",
+            shared = if args.routers > 1 {
+                "shared_group = \"routers\"\n"
+            } else {
+                ""
+            }
+        );
+        if let Some(topic) = &args.downlink_topic {
+            let _ = write!(
+                config,
+                "[worker.downlink]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\n\
+                 [[worker.templates]]\ntemplate = {template}\ndownlink_topic = {topic}\n",
+                template = json!(SIM_TEMPLATE),
+                topic = json!(topic),
+            );
+        }
+    }
+    config
+}
+
+async fn start_fleet(args: &Args) -> Result<Fleet> {
+    if args.downlink_topic.is_some() && args.mqtt_port.is_none() && !args.mqtt {
+        bail!("--downlink-topic needs a broker: --mqtt-port or --mqtt");
+    }
+    let redis = RedisServer::start().await?;
+    let sim = twinbridge_platform_sim::spawn(SimOptions {
+        generate: args.things,
+        history_cap: 1_000_000,
+        ..SimOptions::for_tests()
+    })
+    .await?;
+    let mosquitto = if args.mqtt {
+        Some(Mosquitto::start().await?)
+    } else {
+        None
+    };
+    let mqtt_port = args.mqtt_port.or(mosquitto.as_ref().map(Mosquitto::port));
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("twinbridge.toml");
+    std::fs::write(&config, fleet_config(args, &redis, &sim, mqtt_port))?;
+    let http = reqwest::Client::new();
+    let token = args.admin_token.as_deref();
     let mut services = Vec::new();
     let admin = format!("127.0.0.1:{}", free_port());
     let mut s = Service::start(dir.path(), "scheduler", "scheduler", &config, &admin, &[])?;
     s.wait_ready(Duration::from_secs(60)).await?;
     services.push(s);
     let admin = format!("http://{admin}");
-    let shards = args.things.div_ceil(1000) as u64;
     eventually("Things assigned", Duration::from_secs(120), || async {
-        let Ok(r) = reqwest::get(format!("{admin}/v1/fleet")).await else {
-            return false;
-        };
-        r.json::<Value>()
+        fleet_status(&http, &admin, token)
             .await
-            .is_ok_and(|v| v["things"] == json!(args.things))
+            .is_some_and(|v| v["things"] == json!(args.things))
     })
     .await?;
     let mut routers = Vec::new();
     for i in 0..args.routers {
         let listen = format!("127.0.0.1:{}", free_port());
-        let env = [("TWINBRIDGE_ROUTER__ID", format!("router-{i}"))];
+        let env = [
+            ("TWINBRIDGE_ROUTER__ID", format!("router-{i}")),
+            // Each router its own MQTT session.
+            ("TWINBRIDGE_ROUTER__MQTT__CLIENT_ID", format!("router-{i}")),
+        ];
         let mut s = Service::start(
             dir.path(),
             &format!("router-{i}"),
@@ -322,11 +412,161 @@ max_shards = 64
         s.wait_ready(Duration::from_secs(60)).await?;
         services.push(s);
     }
-    eventually("every shard owned", Duration::from_secs(60), || {
-        fleet_ready(&admin, shards)
+    eventually("every shard owned", Duration::from_secs(60), || async {
+        fleet_status(&http, &admin, token).await.is_some_and(|v| {
+            v["shards"].as_u64().is_some_and(|n| n > 0) && v["shards_owned"] == v["shards"]
+        })
     })
     .await
     .context("the workers did not take every shard")?;
+    let shards = fleet_status(&http, &admin, token)
+        .await
+        .and_then(|v| v["shards"].as_u64())
+        .unwrap_or(0);
+    Ok(Fleet {
+        redis,
+        sim,
+        mqtt_port,
+        _mosquitto: mosquitto,
+        services,
+        routers,
+        admin,
+        shards,
+        dir,
+    })
+}
+
+/// Publishes a telemetry probe over MQTT until the simulator records a write, then waits until
+/// no more probes arrive: the routers have subscribed (a message published before that is
+/// dropped by the broker), and the fleet is quiet before the tools start counting.
+async fn warm_mqtt(port: u16, sim: &RunningSim) -> Result<()> {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut options = MqttOptions::new(
+        format!("fleet-load-probe-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let poller = tokio::spawn(async move {
+        loop {
+            if let Err(e) = events.poll().await {
+                eprintln!("MQTT probe connection: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let before = sim.sim.stats().property_writes_total;
+    let started = Instant::now();
+    let mut result = Ok(());
+    while sim.sim.stats().property_writes_total == before {
+        if started.elapsed() > Duration::from_secs(60) {
+            result = Err(anyhow::anyhow!(
+                "no MQTT probe reached the simulator within 60 s (is the routers' MQTT source connected?)"
+            ));
+            break;
+        }
+        let payload = json!({"rpm": 0, "timestamp": now_ms()}).to_string();
+        client
+            .publish(
+                "things/sim-thing-000000/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = client.disconnect().await;
+    // Probes still on their way land before the tools look.
+    let mut last = sim.sim.stats().property_writes_total;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sim.sim.stats().property_writes_total;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    poller.abort();
+    result
+}
+
+/// `--serve`: the endpoints, then wait for SIGTERM/SIGINT.
+async fn serve(args: &Args, fleet: &Fleet) -> Result<()> {
+    if let Some(port) = fleet.mqtt_port {
+        warm_mqtt(port, &fleet.sim).await?;
+    }
+    let probe = SimProbe::new(&fleet.sim.root_url());
+    // The simulator's /writes must answer before the tools rely on it.
+    probe.writes_total().await?;
+    let mut lines = vec![
+        (
+            "ROUTER_URL",
+            fleet.routers.first().cloned().unwrap_or_default(),
+        ),
+        ("ROUTER_URLS", fleet.routers.join(",")),
+        ("ADMIN_URL", fleet.admin.clone()),
+        ("SIM_URL", fleet.sim.root_url()),
+        ("PLATFORM_URL", fleet.sim.url()),
+        ("THINGS", args.things.to_string()),
+        ("THING_PREFIX", "sim-thing-".into()),
+        ("SHARDS", fleet.shards.to_string()),
+        ("LOG_DIR", fleet.dir.path().display().to_string()),
+        ("FLEET_PID", std::process::id().to_string()),
+    ];
+    if let Some(port) = fleet.mqtt_port {
+        lines.push(("MQTT_HOST", "127.0.0.1".into()));
+        lines.push(("MQTT_PORT", port.to_string()));
+    }
+    if let Some(t) = &args.downlink_topic {
+        lines.push(("DOWNLINK_TOPIC", t.clone()));
+    }
+    if let Some(t) = &args.ingest_token {
+        lines.push(("INGEST_TOKEN", t.clone()));
+    }
+    if let Some(t) = &args.admin_token {
+        lines.push(("ADMIN_TOKEN", t.clone()));
+    }
+    let text: String = lines
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", shell_quote(v)))
+        .collect();
+    print!("{text}");
+    if let Some(path) = &args.endpoints {
+        write_atomically(path, &text)?;
+    }
+    println!("fleet ready; SIGTERM or Ctrl-C stops it");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}
+
+/// `'value'` for a POSIX shell (endpoints files are `source`d).
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
+/// Writes `text` to `path` so that a reader never sees half of it.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let fleet = start_fleet(&args).await?;
+    if args.serve {
+        let served = serve(&args, &fleet).await;
+        fleet.stop().await;
+        return served;
+    }
     let names: Arc<Vec<String>> = Arc::new(
         (0..args.things)
             .map(|i| format!("sim-thing-{i:06}"))
@@ -336,12 +576,22 @@ max_shards = 64
         .pool_max_idle_per_host(args.in_flight)
         .build()?;
     println!(
-        "fleet: {} Things in {shards} shards, {} router(s), {} worker(s), 1 scheduler, Redis, simulator + load generator in one process; {} s per step, {} msgs per request, {} requests in flight at most",
-        args.things, args.routers, args.workers, args.duration, args.batch, args.in_flight
+        "fleet: {} Things in {} shards, {} router(s), {} worker(s), 1 scheduler, Redis, simulator + load generator in one process; {} s per step, {} msgs per request, {} requests in flight at most",
+        args.things, fleet.shards, args.routers, args.workers, args.duration, args.batch, args.in_flight
     );
+    let procs = fleet.processes();
     let mut steps = Vec::new();
     for &rate in &args.rates {
-        let step = run_step(&args, rate, &sim, &routers, &names, &services, &http).await?;
+        let step = run_step(
+            &args,
+            rate,
+            &fleet.sim,
+            &fleet.routers,
+            &names,
+            &procs,
+            &http,
+        )
+        .await?;
         println!(
             "offered {:>7}/s: sent {:>8}, delivered {:>8} ({:>7.0}/s), latency p50 {} ms p95 {} ms p99 {} ms, errors {}",
             step.offered, step.sent, step.delivered, step.delivered_per_s, step.p50, step.p95, step.p99, step.errors
@@ -374,9 +624,7 @@ max_shards = 64
         );
         complete &= s.delivered == s.sent && s.errors == 0;
     }
-    for mut s in services {
-        let _ = s.stop(Duration::from_secs(15)).await;
-    }
+    fleet.stop().await;
     if args.check && !complete {
         bail!("not every message was delivered (or requests failed)");
     }
