@@ -40,7 +40,7 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Why traces cannot be set up as the environment asks.
 #[derive(Debug, thiserror::Error)]
 pub enum TracesError {
-    #[error("{var}={value:?} is not supported: this build exports traces with OTLP over {HTTP_PROTOBUF} only")]
+    #[error("{var}={value:?} is not supported: this build exports traces with OTLP over http/protobuf only")]
     UnsupportedProtocol { var: &'static str, value: String },
     #[error("OTEL_TRACES_EXPORTER={0:?} is not supported: use `otlp` or `none`")]
     UnsupportedExporter(String),
