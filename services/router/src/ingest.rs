@@ -14,6 +14,7 @@ use twinbridge_store::{FleetStore, StoreResult};
 
 use crate::classify::{classify, Rejection, Rules};
 use crate::routing::Routes;
+use crate::spans::IngestSpans;
 
 /// What to do with a message for a Thing the fleet does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,8 @@ impl Ingestor {
     pub async fn ingest(&self, batch: Vec<Inbound>) -> StoreResult<Vec<Outcome>> {
         let now = now_ms();
         metrics::histogram!("twinbridge_router_batch_messages").record(batch.len() as f64);
+        // `None` when traces are off: then nothing below does any work for them.
+        let mut spans = IngestSpans::start(&batch);
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut dead: Vec<DeadLetter> = Vec::new();
         // (index, classified kind, thing)
@@ -134,7 +137,12 @@ impl Ingestor {
                 .map(|c| (c.kind, c.thing)),
             };
             match classified {
-                Ok((kind, thing)) => routed.push((i, kind, thing)),
+                Ok((kind, thing)) => {
+                    if let Some(spans) = spans.as_mut() {
+                        spans.classified(i, kind, &thing);
+                    }
+                    routed.push((i, kind, thing))
+                }
                 Err(r) => {
                     received(m, None);
                     dead.push(letter(m, "", MessageKind::Telemetry, &r));
@@ -162,6 +170,7 @@ impl Ingestor {
                 .increment(1);
             match self.routes.get(&thing) {
                 Some(shard) => {
+                    let trace = spans.as_mut().and_then(|s| s.append(i, &thing, shard));
                     let entry = per_shard.entry(shard).or_default();
                     entry.0.push(i);
                     entry.1.push(Envelope {
@@ -170,7 +179,7 @@ impl Ingestor {
                         source: m.source.clone(),
                         received_at_ms: now,
                         topic: m.topic.clone(),
-                        trace: None,
+                        trace,
                         payload: Payload(m.payload.clone()),
                     });
                 }
@@ -219,14 +228,83 @@ impl Ingestor {
                 for i in indices {
                     outcomes[*i] = Some(Outcome::Appended { shard });
                 }
+                if let Some(spans) = spans.as_mut() {
+                    spans.appended(indices);
+                }
             }
         }
         if !dead.is_empty() {
             self.store.dead_letter(&dead).await?;
         }
-        Ok(outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or(Outcome::Dropped { code: "unrouted" }))
-            .collect())
+            .collect();
+        if let Some(spans) = spans {
+            spans.finish(&outcomes);
+        }
+        Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use twinbridge_core::{PropertyModel, SourceKind, Thing};
+    use twinbridge_store::memory::MemoryStore;
+    use twinbridge_store::LeaseKey;
+
+    use super::*;
+
+    /// Traces off (no OTLP endpoint: no tracer installed in this process): the envelope on the
+    /// stream carries no trace context, and the ingest path made no spans.
+    #[tokio::test]
+    async fn without_traces_envelopes_carry_no_trace_context() {
+        assert!(twinbridge_telemetry::traces::tracer().is_none());
+        let store: Arc<dyn FleetStore> = Arc::new(MemoryStore::new());
+        let shard = store.create_shard(10).await.unwrap().id;
+        store
+            .put_things(&[Thing {
+                name: "pump-1".into(),
+                shard,
+                model: PropertyModel::default(),
+                model_version: 1,
+                template: None,
+            }])
+            .await
+            .unwrap();
+        let ingestor = Ingestor {
+            store: store.clone(),
+            routes: Routes::load(store.clone()).await.unwrap(),
+            rules: crate::rules(&twinbridge_config::Config::default()).unwrap(),
+            max_payload_bytes: 1024,
+            unknown: UnknownThing::DeadLetter,
+        };
+        assert!(IngestSpans::start(&[]).is_none());
+        let outcomes = ingestor
+            .ingest(vec![Inbound {
+                source: Source {
+                    kind: SourceKind::Http,
+                    name: "test".into(),
+                    position: "1".into(),
+                },
+                topic: Some("things/pump-1/telemetry".into()),
+                key: None,
+                payload: Bytes::from_static(br#"{"temp": 1}"#),
+                known: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Outcome::Appended { shard }]);
+        let lease = store
+            .acquire_lease(&LeaseKey::Shard(shard), "test", Duration::from_secs(30))
+            .await
+            .unwrap();
+        let entries = store.read(&lease, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        let envelope = entries[0].envelope.as_ref().unwrap();
+        assert_eq!(envelope.thing, "pump-1");
+        assert_eq!(envelope.trace, None);
     }
 }

@@ -11,6 +11,8 @@
 //! - [`mqtt`]: QoS 1 subscriptions on a persistent session, acknowledged after the append.
 //! - [`kinesis`]: source-shard leases split among the routers, GetRecords, append, then a fenced
 //!   checkpoint; parents before children after resharding.
+//! - `spans`: when traces are on, `router.receive` and `router.append` spans per message, the
+//!   append span's context carried in the envelope.
 #![forbid(unsafe_code)]
 
 pub mod classify;
@@ -19,6 +21,7 @@ pub mod ingest;
 pub mod kinesis;
 pub mod mqtt;
 pub mod routing;
+mod spans;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ use twinbridge_config::{Config, ConfigError, Loader, LogFormat, StoreBackend};
 use twinbridge_store::memory::MemoryStore;
 use twinbridge_store::redis_store::RedisStoreOptions;
 use twinbridge_store::StoreOptions;
+use twinbridge_telemetry::traces::{TracePipeline, TraceSettings, Traces, TracesError};
 use twinbridge_telemetry::{cancel_on_signals, init_logging, install_metrics, LogStyle};
 
 /// Exit status for an invalid configuration or command line (EX_USAGE).
@@ -149,8 +150,15 @@ fn main() -> ExitCode {
                 log_style(cli.global.log_format, Some(config.log.format)),
                 cli.global.log_level.as_deref().unwrap_or(&config.log.level),
             );
+            let traces = match trace_pipeline(&command) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("twinbridge: traces: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             install_metrics();
-            run_async(run_services(command, config))
+            run_async(run_services(command, config, traces))
         }
     }
 }
@@ -180,6 +188,25 @@ fn load_config(
         loader = loader.set(key, addr);
     }
     loader.load()
+}
+
+/// The OTLP trace export the `OTEL_*` variables ask for (`None`: traces off), checked before
+/// anything binds. The service is named `twinbridge-<command>` unless `OTEL_SERVICE_NAME` says.
+fn trace_pipeline(command: &Command) -> Result<Option<TracePipeline>, TracesError> {
+    let service = match command {
+        Command::Scheduler(_) => "twinbridge-scheduler",
+        Command::Router(_) => "twinbridge-router",
+        Command::Worker(_) => "twinbridge-worker",
+        _ => "twinbridge-all",
+    };
+    let settings = TraceSettings::from_env()?;
+    match &settings {
+        TraceSettings::Off(why) => tracing::debug!(why, "traces off"),
+        TraceSettings::Otlp { endpoint_var } => {
+            tracing::info!(endpoint_var, "traces exported over OTLP/HTTP")
+        }
+    }
+    TracePipeline::new(&settings, service)
 }
 
 fn store_options(config: &Config) -> StoreOptions {
@@ -221,7 +248,12 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
     }
 }
 
-async fn run_services(command: Command, mut config: Config) -> anyhow::Result<()> {
+async fn run_services(
+    command: Command,
+    mut config: Config,
+    traces: Option<TracePipeline>,
+) -> anyhow::Result<()> {
+    let traces = traces.map_or_else(Traces::off, TracePipeline::install);
     if matches!(command, Command::All)
         && config.scheduler.launcher.kind == twinbridge_config::LauncherKind::Process
     {
@@ -304,5 +336,7 @@ async fn run_services(command: Command, mut config: Config) -> anyhow::Result<()
             "services did not stop within the grace period"
         );
     }
+    // After the services: the spans of their last batches are ended, and exported here.
+    traces.shutdown().await;
     result
 }

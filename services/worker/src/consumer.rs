@@ -25,6 +25,9 @@ use crate::delivery_log::DeliveryLog;
 use crate::flow::{Backoff, Breaker, RateLimiter};
 use crate::mapping::{self, MappingSettings, PresenceNames};
 
+mod spans;
+use spans::{end_call, DeliverySpans, Operation};
+
 /// Where values go: the ThingWorx REST API (or anything that speaks it).
 #[async_trait]
 pub trait PlatformSink: Send + Sync + 'static {
@@ -713,6 +716,8 @@ impl Consumer {
         entries: &[StreamEntry],
         handoffs: &[(String, ShardId, String)],
     ) -> bool {
+        // `None` when traces are off: then nothing below does any work for them.
+        let mut spans = DeliverySpans::start(entries, self.shard);
         let mut names: Vec<String> = entries
             .iter()
             .filter_map(|e| e.envelope.as_ref().ok())
@@ -968,6 +973,9 @@ impl Consumer {
             work[slot].items.push(Item { entry: i, values });
         }
 
+        if let Some(spans) = spans.as_mut() {
+            spans.plan(&work);
+        }
         // With a bulk service, the telemetry of many Things goes in few calls; what it could not
         // write (and property changes) goes Thing by Thing below.
         let bulk_done = match &self.shared.settings.bulk {
@@ -981,7 +989,7 @@ impl Consumer {
         let results = futures::future::join_all(
             work.iter()
                 .zip(&bulk_done)
-                .map(|(w, done)| self.deliver_thing(w, entries, *done)),
+                .map(|(w, done)| self.deliver_thing(w, entries, *done, spans.as_ref())),
         )
         .await;
         for result in results {
@@ -991,6 +999,9 @@ impl Consumer {
             }
         }
 
+        if let Some(spans) = spans.as_mut() {
+            spans.dead_lettered(&dead);
+        }
         let (dead_at, letters): (Vec<usize>, Vec<DeadLetter>) = dead.into_iter().unzip();
         let letters = Arc::new(letters);
         if !letters.is_empty() {
@@ -1065,6 +1076,9 @@ impl Consumer {
                         outcomes.records(entries, self.shard, log.worker()),
                     );
                 }
+                if let Some(spans) = spans {
+                    spans.finish();
+                }
                 // When each Thing was last handled (admin `GET /v1/things/{name}`): one call per
                 // batch, off the delivery path; a failure only leaves the time older.
                 if !names.is_empty() {
@@ -1089,6 +1103,7 @@ impl Consumer {
         work: &ThingWork,
         entries: &[StreamEntry],
         values_done: bool,
+        spans: Option<&DeliverySpans>,
     ) -> Option<Vec<(usize, DeadLetter)>> {
         let max = self.shared.settings.max_values_per_call.max(1);
         let mut dead = Vec::new();
@@ -1105,7 +1120,16 @@ impl Consumer {
             }
             let chunk = &work.items[start..end];
             let values: Vec<Vtq> = chunk.iter().flat_map(|i| i.values.clone()).collect();
-            match self.write(&work.thing, &values).await? {
+            let call = spans.map(|s| {
+                s.call(
+                    Operation::PlatformWrite,
+                    &work.thing,
+                    chunk.iter().map(|i| i.entry),
+                )
+            });
+            let result = self.write(&work.thing, &values).await;
+            end_call(call, result.as_ref().map(Result::is_ok));
+            match result? {
                 Ok(()) => {}
                 Err(Fatal(e)) if chunk.len() == 1 => {
                     for item in chunk {
@@ -1117,7 +1141,16 @@ impl Consumer {
                     // the Thing gone — then every entry fails alike): one call per entry,
                     // dead-letter only those refused.
                     for item in chunk {
-                        if let Err(Fatal(e)) = self.write(&work.thing, &item.values).await? {
+                        let call = spans.map(|s| {
+                            s.call(
+                                Operation::PlatformWrite,
+                                &work.thing,
+                                std::iter::once(item.entry),
+                            )
+                        });
+                        let result = self.write(&work.thing, &item.values).await;
+                        end_call(call, result.as_ref().map(Result::is_ok));
+                        if let Err(Fatal(e)) = result? {
                             dead.extend(self.reject(item, entries, &e));
                         }
                     }
@@ -1131,17 +1164,28 @@ impl Consumer {
             for c in &work.changes {
                 desired.insert(c.property.clone(), c.value.to_json());
             }
+            let op = match work.downlink {
+                Some(_) => Operation::DownlinkPublish,
+                None => Operation::ShadowUpdate,
+            };
+            let call = spans.map(|s| s.call(op, &work.thing, work.changes.iter().map(|c| c.entry)));
             if let Some(topic) = &work.downlink {
-                self.publish_downlink(topic, &desired).await?;
-            } else if let Err(e) = self.write_shadow(&work.thing, &desired).await? {
-                for c in &work.changes {
-                    if let Some(envelope) =
-                        entries.get(c.entry).and_then(|e| e.envelope.as_ref().ok())
-                    {
-                        dead.push((
-                            c.entry,
-                            self.letter(envelope.clone(), e.class(), e.to_string(), 1),
-                        ));
+                let result = self.publish_downlink(topic, &desired).await;
+                end_call(call, result.map(|()| true));
+                result?;
+            } else {
+                let result = self.write_shadow(&work.thing, &desired).await;
+                end_call(call, result.as_ref().map(Result::is_ok));
+                if let Err(e) = result? {
+                    for c in &work.changes {
+                        if let Some(envelope) =
+                            entries.get(c.entry).and_then(|e| e.envelope.as_ref().ok())
+                        {
+                            dead.push((
+                                c.entry,
+                                self.letter(envelope.clone(), e.class(), e.to_string(), 1),
+                            ));
+                        }
                     }
                 }
             }

@@ -182,7 +182,8 @@ pub struct Envelope {
     /// The MQTT topic it was published on, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
-    /// W3C `traceparent` of the span that received it, so one message is one trace.
+    /// W3C `traceparent` of the router's span that appended it (a child of the span that received
+    /// it), so one message is one trace; `None` when traces are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
     pub payload: Payload,

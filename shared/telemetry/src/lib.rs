@@ -1,4 +1,4 @@
-//! Runtime plumbing shared by every twinbridge service: logging, metrics, the health and
+//! Runtime plumbing shared by every twinbridge service: logging, metrics, traces, the health and
 //! readiness endpoints, and shutdown on signals.
 #![forbid(unsafe_code)]
 
@@ -8,6 +8,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics_export;
 pub mod shutdown;
+pub mod traces;
 
 pub use health::{Health, Readiness};
 pub use logging::{init_logging, LogStyle};
