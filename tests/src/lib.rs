@@ -1,6 +1,9 @@
 //! Helpers of the fleet tests: the `twinbridge` binary next to the test executable, service
 //! processes started from one TOML configuration with their logs kept in a directory (printed
-//! when a test fails), killed on drop.
+//! when a test fails), killed on drop; a headless browser page ([`browser`]) and the directory
+//! test artefacts (screenshots) are saved in.
+
+pub mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,6 +28,20 @@ pub fn twinbridge_bin() -> Result<PathBuf> {
          --workspace does)",
         exe.display()
     )
+}
+
+/// `<target>/artifacts` (created): where tests save what a person may want to look at after a
+/// run, such as screenshots. `<target>` is the Cargo target directory this test was built in.
+pub fn artifacts_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .context("test executable is not inside a Cargo target directory")?;
+    let dir = target.join("artifacts");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// One service process.

@@ -10,7 +10,7 @@ use twinbridge_core::time::now_ms;
 use twinbridge_core::{
     DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source,
 };
-use twinbridge_store::{FleetStore, StoreResult};
+use twinbridge_store::{counter, FleetStore, StoreResult};
 
 use crate::classify::{classify, Rejection, Rules};
 use crate::routing::Routes;
@@ -221,8 +221,10 @@ impl Ingestor {
                 .await
                 .map(|ids| (*shard, ids))
         });
+        let mut appended = 0u64;
         for result in futures::future::join_all(appends).await {
             let (shard, ids) = result?;
+            appended += ids.len() as u64;
             metrics::counter!("twinbridge_router_appended_total").increment(ids.len() as u64);
             if let Some((indices, _)) = per_shard.get(&shard) {
                 for i in indices {
@@ -236,6 +238,7 @@ impl Ingestor {
         if !dead.is_empty() {
             self.store.dead_letter(&dead).await?;
         }
+        self.count(appended, dead.len() as u64);
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or(Outcome::Dropped { code: "unrouted" }))
@@ -306,5 +309,24 @@ mod tests {
         let envelope = entries[0].envelope.as_ref().unwrap();
         assert_eq!(envelope.thing, "pump-1");
         assert_eq!(envelope.trace, None);
+    }
+
+    /// Adds a batch's messages to the fleet-wide counters (`GET /v1/fleet` → `counters`): one
+    /// store call per batch on a task of its own, never in the way of the batch's confirmation;
+    /// a failure only leaves the totals short.
+    fn count(&self, appended: u64, dead_lettered: u64) {
+        if appended == 0 && dead_lettered == 0 {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let increments = [
+                (counter::RECEIVED, appended),
+                (counter::DEAD_LETTERED, dead_lettered),
+            ];
+            if let Err(e) = store.add_counters(&increments).await {
+                tracing::debug!(error = %e, "cannot add to the fleet counters");
+            }
+        });
     }
 }

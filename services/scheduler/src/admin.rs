@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 use twinbridge_core::time::now_ms;
 use twinbridge_core::{ShardId, WorkerId};
 use twinbridge_platform::PlatformClient;
-use twinbridge_store::{EntryId, FleetStore, LeaseKey, ShardRelease, StoreError, WorkerRequest};
+use twinbridge_store::{
+    counter, EntryId, FleetStore, LeaseKey, ShardRelease, StoreError, WorkerRequest,
+};
 
 use crate::moves::{force_release, move_things, MoveError};
 use crate::rebalance::{plan, Plan, ShardLoad, WorkerLoad};
@@ -370,10 +372,14 @@ async fn rebalance(
 async fn fleet(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     guarded!(admin, headers, |store| async {
         let shards = store.list_shards().await?;
-        let mut backlog = 0;
+        let (mut backlog, mut lag_ms) = (0, 0);
         for s in &shards {
-            backlog += store.stream_stats(s.id).await?.length;
+            let stats = store.stream_stats(s.id).await?;
+            backlog += stats.length;
+            lag_ms = lag_ms.max(stats.oldest_age_ms);
         }
+        let counters = store.counters().await?;
+        let total = |name: &str| counters.get(name).copied().unwrap_or(0);
         Ok::<_, StoreError>(
             Json(json!({
                 "assignment_version": store.assignment_version().await?.0,
@@ -382,7 +388,13 @@ async fn fleet(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response 
                 "shards_owned": shards.iter().filter(|s| s.owner.is_some()).count(),
                 "workers": store.list_workers().await?.len(),
                 "backlog": backlog,
+                "lag_ms": lag_ms,
                 "dead_letters": store.dead_letter_count().await?,
+                "counters": {
+                    "received": total(counter::RECEIVED),
+                    "delivered": total(counter::DELIVERED),
+                    "dead_lettered": total(counter::DEAD_LETTERED),
+                },
                 "launcher": admin.launcher_report(),
             }))
             .into_response(),

@@ -7,6 +7,7 @@
 //!
 //! - [`admin`]: the admin REST API (fleet, shards, workers, Things, sync, DLQ, move, drain,
 //!   rebalance) and its OpenAPI document.
+//! - [`dashboard`]: the live web dashboard at `/` (static files built in; it calls the admin API).
 //! - [`moves`]: ordered Thing moves between shards (hold / handoff / release markers).
 //! - [`rebalance`]: the pure rebalance planner.
 //! - [`provision`]: auto-provisioning of devices the fleet does not know (off by default).
@@ -20,6 +21,7 @@
 
 pub mod admin;
 pub mod fleet_metrics;
+pub mod dashboard;
 pub mod launcher;
 pub mod moves;
 pub mod provision;
@@ -121,7 +123,10 @@ async fn run_inner(
         move_grace: config.scheduler.move_grace,
         launcher: std::sync::Mutex::new(None),
     });
-    let app = health.router().merge(admin::router(admin.clone()));
+    let app = health
+        .router()
+        .merge(admin::router(admin.clone()))
+        .merge(dashboard::router());
     let (addr, http) = spawn_http(listen, app, shutdown.clone())
         .await
         .map_err(|source| SchedulerError::Bind {

@@ -147,6 +147,10 @@ pub async fn run(args: DemoArgs, mut config: Config, store: StoreOptions) -> any
         sim.root_url()
     );
     println!(
+        "  web dashboard        http://{}/   (live fleet, shards, workers, Things, DLQ)",
+        config.scheduler.listen
+    );
+    println!(
         "  admin API            http://{}/v1/fleet   (also /v1/shards, /v1/workers, /v1/dlq, /openapi.json)",
         config.scheduler.listen
     );

@@ -19,7 +19,7 @@ use twinbridge_core::{
     MessageKind, Payload, ShardId, Source, SourceKind, Thing,
 };
 use twinbridge_platform::{coerce, BulkFailure, PlatformClient, PlatformError, PropertyValue, Vtq};
-use twinbridge_store::{EntryId, FleetStore, Lease, StoreError, StoreResult, StreamEntry};
+use twinbridge_store::{counter, EntryId, FleetStore, Lease, StoreError, StoreResult, StreamEntry};
 
 use crate::delivery_log::DeliveryLog;
 use crate::flow::{Backoff, Breaker, RateLimiter};
@@ -1004,6 +1004,7 @@ impl Consumer {
         }
         let (dead_at, letters): (Vec<usize>, Vec<DeadLetter>) = dead.into_iter().unzip();
         let letters = Arc::new(letters);
+        let dead_lettered = letters.len() as u64;
         if !letters.is_empty() {
             let store = self.shared.store.clone();
             if self
@@ -1079,17 +1080,25 @@ impl Consumer {
                 if let Some(spans) = spans {
                     spans.finish();
                 }
-                // When each Thing was last handled (admin `GET /v1/things/{name}`): one call per
-                // batch, off the delivery path; a failure only leaves the time older.
-                if !names.is_empty() {
-                    let store = store.clone();
-                    let names = names.clone();
-                    tokio::spawn(async move {
+                // When each Thing was last handled (admin `GET /v1/things/{name}`) and the fleet
+                // counters (`GET /v1/fleet`): one task and one call each per batch, off the
+                // delivery path; a failure only leaves the time older or the totals short.
+                let store = store.clone();
+                let names = names.clone();
+                tokio::spawn(async move {
+                    if !names.is_empty() {
                         if let Err(e) = store.record_activity(&names, now_ms()).await {
                             tracing::debug!(error = %e, "cannot record Thing activity");
                         }
-                    });
-                }
+                    }
+                    let increments = [
+                        (counter::DELIVERED, n.saturating_sub(dead_lettered)),
+                        (counter::DEAD_LETTERED, dead_lettered),
+                    ];
+                    if let Err(e) = store.add_counters(&increments).await {
+                        tracing::debug!(error = %e, "cannot add to the fleet counters");
+                    }
+                });
                 true
             }
             None => false,

@@ -429,6 +429,28 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// What the admin asks of a worker (the default request when nothing is asked).
     async fn worker_request(&self, id: &WorkerId) -> StoreResult<WorkerRequest>;
+
+    // ---------------------------------------------------------------- counters
+
+    /// Adds to fleet-wide counters (a counter starts at zero; zero increments change nothing).
+    /// One round trip however many counters a call names: routers call it once per appended
+    /// batch and workers once per acknowledged batch, never per message, off the delivery path.
+    /// Names are free-form; [`counter`] holds the ones the services use.
+    async fn add_counters(&self, increments: &[(&str, u64)]) -> StoreResult<()>;
+
+    /// Every fleet-wide counter with its total since the store was created.
+    async fn counters(&self) -> StoreResult<HashMap<String, u64>>;
+}
+
+/// The names of the fleet-wide counters the services keep ([`FleetStore::add_counters`]).
+pub mod counter {
+    /// Messages the routers appended to shard streams.
+    pub const RECEIVED: &str = "received";
+    /// Stream entries the workers acknowledged and did not dead-letter (delivered, or skipped on
+    /// purpose: control entries, changes of properties that are not writable).
+    pub const DELIVERED: &str = "delivered";
+    /// Messages dead-lettered by routers (unroutable) and workers (undeliverable).
+    pub const DEAD_LETTERED: &str = "dead_lettered";
 }
 
 // ---------------------------------------------------------------- helpers of the implementations

@@ -142,6 +142,8 @@ struct State {
     /// Writes since expired delivery logs were last swept.
     delivery_writes: u32,
     worker_requests: HashMap<WorkerId, WorkerRequest>,
+    /// Fleet-wide counters (name → total).
+    counters: HashMap<String, u64>,
 }
 
 impl State {
@@ -167,6 +169,7 @@ impl State {
             deliveries: HashMap::new(),
             delivery_writes: 0,
             worker_requests: HashMap::new(),
+            counters: HashMap::new(),
         }
     }
 
@@ -1022,6 +1025,21 @@ impl FleetStore for MemoryStore {
             .get(id)
             .cloned()
             .unwrap_or_default())
+    }
+
+    // ---------------------------------------------------------------- counters
+
+    async fn add_counters(&self, increments: &[(&str, u64)]) -> StoreResult<()> {
+        let mut state = self.lock();
+        for (name, by) in increments.iter().filter(|(_, by)| *by > 0) {
+            let total = state.counters.entry((*name).to_string()).or_insert(0);
+            *total = total.saturating_add(*by);
+        }
+        Ok(())
+    }
+
+    async fn counters(&self) -> StoreResult<HashMap<String, u64>> {
+        Ok(self.lock().counters.clone())
     }
 }
 

@@ -1783,6 +1783,41 @@ impl FleetStore for RedisStore {
                 .map_err(|e| corrupt(&key, format!("worker request: {e}"))),
         }
     }
+
+    // ---------------------------------------------------------------- counters
+
+    async fn add_counters(&self, increments: &[(&str, u64)]) -> StoreResult<()> {
+        let key = self.reg("counters");
+        let mut pipe = redis::pipe();
+        let mut any = false;
+        for (name, by) in increments.iter().filter(|(_, by)| *by > 0) {
+            // HINCRBY takes a signed 64-bit increment.
+            let by = i64::try_from(*by).unwrap_or(i64::MAX);
+            pipe.cmd("HINCRBY").arg(&key).arg(*name).arg(by).ignore();
+            any = true;
+        }
+        if !any {
+            return Ok(());
+        }
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))
+    }
+
+    async fn counters(&self) -> StoreResult<HashMap<String, u64>> {
+        let key = self.reg("counters");
+        let raw: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| store_err(e, &key))?;
+        raw.into_iter()
+            .map(|(name, v)| match v.parse::<u64>() {
+                Ok(n) => Ok((name, n)),
+                Err(_) => Err(corrupt(&key, format!("counter {name} is `{v}`"))),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

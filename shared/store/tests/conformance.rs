@@ -113,6 +113,7 @@ fn all_checks() -> Vec<Check> {
         check!(activity_keeps_the_latest_time),
         check!(delivery_log_keeps_the_newest_per_thing),
         check!(workers_requests_set_read_clear),
+        check!(counters_add_up_across_callers),
     ]
 }
 

@@ -669,6 +669,46 @@ impl Drop for Mosquitto {
     }
 }
 
+/// What a browser test needs: Debian's Chromium and the `playwright-core` Node package that drives
+/// it, both installed by `scripts/ensure-deps` (nothing is downloaded at test time).
+#[derive(Debug, Clone)]
+pub struct BrowserTools {
+    /// `CHROMIUM` when set, else `/usr/bin/chromium`.
+    pub chromium: PathBuf,
+    /// The `node_modules` directory holding `playwright-core`, for `NODE_PATH`: under
+    /// `PLAYWRIGHT_DIR` when set, else under `<cache>/twinbridge/node` (as kinesalite).
+    pub node_modules: PathBuf,
+}
+
+/// Finds Chromium and `playwright-core`, or says how to install them.
+pub fn browser_tools() -> Result<BrowserTools> {
+    #[allow(clippy::disallowed_methods)] // test helpers locate binaries through the environment
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.is_file() {
+        bail!(
+            "no Chromium at {} (run scripts/ensure-deps: Debian's chromium and chromium-driver, \
+             or set CHROMIUM)",
+            chromium.display()
+        );
+    }
+    let node_modules = stand_in_path("PLAYWRIGHT_DIR", "node")
+        .0
+        .join("node_modules");
+    if !node_modules.join("playwright-core").is_dir() {
+        bail!(
+            "playwright-core is not installed in {} (run scripts/ensure-deps, or set \
+             PLAYWRIGHT_DIR)",
+            node_modules.display()
+        );
+    }
+    Ok(BrowserTools {
+        chromium,
+        node_modules,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1554,5 +1554,41 @@ pub async fn delivery_log_keeps_the_newest_per_thing(store: Store) -> Result<()>
     ensure!(store.deliveries("d", 10).await?.len() == 1, "before expiry");
     tokio::time::sleep(Duration::from_millis(300)).await;
     ensure!(store.deliveries("d", 10).await?.is_empty(), "expired");
+pub async fn counters_add_up_across_callers(store: Store) -> Result<()> {
+    ensure!(store.counters().await?.is_empty(), "no counters yet");
+    store
+        .add_counters(&[("received", 3), ("delivered", 0)])
+        .await?;
+    store.add_counters(&[]).await?;
+    store
+        .add_counters(&[("received", 2), ("delivered", 4)])
+        .await?;
+    // Concurrent callers (routers and workers) never lose an increment.
+    let adds = (0..20).map(|_| {
+        let store = store.clone();
+        async move {
+            store
+                .add_counters(&[("delivered", 1), ("dead_lettered", 2)])
+                .await
+        }
+    });
+    for r in futures::future::join_all(adds).await {
+        r?;
+    }
+    let counters = store.counters().await?;
+    let expected: HashMap<String, u64> = [
+        ("received".to_string(), 5),
+        ("delivered".to_string(), 24),
+        ("dead_lettered".to_string(), 40),
+    ]
+    .into_iter()
+    .collect();
+    ensure!(counters == expected, "totals: {counters:?}");
+    // Large increments are kept exactly.
+    store.add_counters(&[("big", 1 << 40)]).await?;
+    ensure!(
+        store.counters().await?.get("big") == Some(&(1u64 << 40)),
+        "a large increment"
+    );
     Ok(())
 }
