@@ -248,6 +248,25 @@ impl Ingestor {
         }
         Ok(outcomes)
     }
+
+    /// Adds a batch's messages to the fleet-wide counters (`GET /v1/fleet` → `counters`): one
+    /// store call per batch on a task of its own, never in the way of the batch's confirmation;
+    /// a failure only leaves the totals short.
+    fn count(&self, appended: u64, dead_lettered: u64) {
+        if appended == 0 && dead_lettered == 0 {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let increments = [
+                (counter::RECEIVED, appended),
+                (counter::DEAD_LETTERED, dead_lettered),
+            ];
+            if let Err(e) = store.add_counters(&increments).await {
+                tracing::debug!(error = %e, "cannot add to the fleet counters");
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -309,24 +328,5 @@ mod tests {
         let envelope = entries[0].envelope.as_ref().unwrap();
         assert_eq!(envelope.thing, "pump-1");
         assert_eq!(envelope.trace, None);
-    }
-
-    /// Adds a batch's messages to the fleet-wide counters (`GET /v1/fleet` → `counters`): one
-    /// store call per batch on a task of its own, never in the way of the batch's confirmation;
-    /// a failure only leaves the totals short.
-    fn count(&self, appended: u64, dead_lettered: u64) {
-        if appended == 0 && dead_lettered == 0 {
-            return;
-        }
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            let increments = [
-                (counter::RECEIVED, appended),
-                (counter::DEAD_LETTERED, dead_lettered),
-            ];
-            if let Err(e) = store.add_counters(&increments).await {
-                tracing::debug!(error = %e, "cannot add to the fleet counters");
-            }
-        });
     }
 }

@@ -979,12 +979,15 @@ impl Consumer {
         // With a bulk service, the telemetry of many Things goes in few calls; what it could not
         // write (and property changes) goes Thing by Thing below.
         let bulk_done = match &self.shared.settings.bulk {
-            Some(bulk) => match self.deliver_bulk(bulk, &work).await {
+            Some(bulk) => match self.deliver_bulk(bulk, &work, spans.as_ref()).await {
                 Some(done) => done,
                 None => return false,
             },
             None => vec![false; work.len()],
         };
+        if let Some(spans) = spans.as_mut() {
+            spans.bulk_written(&work, &bulk_done);
+        }
         // Things are independent: deliver them concurrently, each in its own order.
         let results = futures::future::join_all(
             work.iter()
@@ -1207,7 +1210,12 @@ impl Consumer {
     /// `max_values_per_call` is left to the per-Thing path (it is chunked there), and so is a
     /// Thing the service could not write — it is retried alone, where a refusal is narrowed
     /// down to its entries. `None`: the consumer must stop.
-    async fn deliver_bulk(&self, bulk: &Bulk, work: &[ThingWork]) -> Option<Vec<bool>> {
+    async fn deliver_bulk(
+        &self,
+        bulk: &Bulk,
+        work: &[ThingWork],
+        spans: Option<&DeliverySpans>,
+    ) -> Option<Vec<bool>> {
         let mut done = vec![false; work.len()];
         let per_call = self.shared.settings.max_values_per_call.max(1);
         let candidates: Vec<(usize, Vec<Vtq>)> = work
@@ -1234,12 +1242,22 @@ impl Consumer {
                 .map(|(k, v)| (work[*k].thing.as_str(), v.as_slice()))
                 .collect();
             let s = &self.shared;
+            let call = spans.map(|sp| {
+                sp.call(
+                    Operation::BulkWrite,
+                    &bulk.thing,
+                    chunk
+                        .iter()
+                        .flat_map(|(k, _)| work[*k].items.iter().map(|i| i.entry)),
+                )
+            });
             let result = self
                 .call_platform("bulk write", || {
                     s.platform.bulk_write(&bulk.thing, &bulk.service, &batch)
                 })
-                .await?;
-            match result {
+                .await;
+            end_call(call, result.as_ref().map(Result::is_ok));
+            match result? {
                 Ok(failures) => {
                     let failed: std::collections::HashSet<&str> =
                         failures.iter().map(|f| f.thing.as_str()).collect();

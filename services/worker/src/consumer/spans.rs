@@ -23,6 +23,7 @@ use super::ThingWork;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Operation {
     PlatformWrite,
+    BulkWrite,
     ShadowUpdate,
     DownlinkPublish,
 }
@@ -31,6 +32,7 @@ impl Operation {
     fn as_str(self) -> &'static str {
         match self {
             Operation::PlatformWrite => "platform.update_property_values",
+            Operation::BulkWrite => "platform.bulk_write",
             Operation::ShadowUpdate => "shadow.update_desired",
             Operation::DownlinkPublish => "mqtt.publish",
         }
@@ -39,6 +41,7 @@ impl Operation {
     fn span_name(self) -> &'static str {
         match self {
             Operation::PlatformWrite => "worker.platform_write",
+            Operation::BulkWrite => "worker.bulk_write",
             Operation::ShadowUpdate => "worker.shadow_update",
             Operation::DownlinkPublish => "worker.downlink_publish",
         }
@@ -112,6 +115,17 @@ impl DeliverySpans {
             for (entry, op) in items.chain(changes) {
                 if let Some(d) = self.deliveries.get_mut(entry).and_then(Option::as_mut) {
                     d.operation = Some(op);
+                }
+            }
+        }
+    }
+
+    /// Notes that the values of these Things' entries went through the bulk service.
+    pub(super) fn bulk_written(&mut self, work: &[ThingWork], done: &[bool]) {
+        for (w, _) in work.iter().zip(done).filter(|(_, done)| **done) {
+            for item in &w.items {
+                if let Some(d) = self.deliveries.get_mut(item.entry).and_then(Option::as_mut) {
+                    d.operation = Some(Operation::BulkWrite);
                 }
             }
         }

@@ -1554,6 +1554,9 @@ pub async fn delivery_log_keeps_the_newest_per_thing(store: Store) -> Result<()>
     ensure!(store.deliveries("d", 10).await?.len() == 1, "before expiry");
     tokio::time::sleep(Duration::from_millis(300)).await;
     ensure!(store.deliveries("d", 10).await?.is_empty(), "expired");
+    Ok(())
+}
+
 pub async fn counters_add_up_across_callers(store: Store) -> Result<()> {
     ensure!(store.counters().await?.is_empty(), "no counters yet");
     store
