@@ -144,8 +144,8 @@ impl Browser {
     }
 
     /// A PNG of the whole page.
-    pub async fn screenshot(&mut self, path: &Path) -> Result<()> {
-        self.call(json!({"op": "screenshot", "path": path, "full_page": true}))
+    pub async fn screenshot(&mut self, path: &Path, full_page: bool) -> Result<()> {
+        self.call(json!({"op": "screenshot", "path": path, "full_page": full_page}))
             .await
             .map(drop)
     }

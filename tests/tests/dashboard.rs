@@ -13,7 +13,8 @@
 //! 5. DLQ: a letter for a Thing created afterwards is replayed from the page and delivered; the
 //!    rest is purged from the page (checked through the admin API and the simulator).
 //!
-//! A screenshot is saved to `<target>/artifacts/dashboard.png` (the path is printed). Needs
+//! Screenshots are saved to `<target>/artifacts/dashboard.png` (the first screen) and
+//! `dashboard-full.png` (the whole page); the paths are printed. Needs
 //! Debian's chromium and playwright-core (scripts/ensure-deps installs both).
 #![allow(clippy::unwrap_used)] // test helpers fail the test on any error
 
@@ -359,9 +360,16 @@ async fn the_dashboard_in_a_browser_against_a_running_fleet() {
     )
     .await;
 
+    // The first screen (docs/dashboard.png comes from it) and the whole page.
     let shot = artifacts_dir().unwrap().join("dashboard.png");
-    browser.screenshot(&shot).await.unwrap();
-    println!("dashboard screenshot: {}", shot.display());
+    browser.screenshot(&shot, false).await.unwrap();
+    let full = artifacts_dir().unwrap().join("dashboard-full.png");
+    browser.screenshot(&full, true).await.unwrap();
+    println!(
+        "dashboard screenshots: {} and {}",
+        shot.display(),
+        full.display()
+    );
 
     // ---- 5. DLQ: replay the letter once its Thing exists, purge the rest
     sim.sim

@@ -20,8 +20,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod fleet_metrics;
 pub mod dashboard;
+pub mod fleet_metrics;
 pub mod launcher;
 pub mod moves;
 pub mod provision;
