@@ -35,6 +35,13 @@ pub struct PlatformClient {
     base: Url,
 }
 
+/// A request body: a JSON value, or JSON already serialized (the write path builds its bodies
+/// straight into bytes).
+enum Body<'a> {
+    Json(&'a Value),
+    Bytes(Vec<u8>),
+}
+
 impl PlatformClient {
     /// Builds the client; fails on a bad URL, an unreadable CA file or a forbidden extra header.
     pub fn new(config: PlatformConfig) -> Result<Self, PlatformError> {
@@ -117,7 +124,7 @@ impl PlatformClient {
         operation: &'static str,
         method: Method,
         segments: &[&str],
-        body: Option<&Value>,
+        body: Option<Body<'_>>,
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), PlatformError> {
         let result = self.send_uncounted(method, segments, body, what).await;
@@ -134,7 +141,7 @@ impl PlatformClient {
         &self,
         method: Method,
         segments: &[&str],
-        body: Option<&Value>,
+        body: Option<Body<'_>>,
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), PlatformError> {
         let url = self.url(segments)?;
@@ -142,8 +149,9 @@ impl PlatformClient {
         if method != Method::GET {
             // Every write carries a JSON body, `{}` when there are no inputs (CSRF filter).
             let bytes = match body {
-                Some(b) => serde_json::to_vec(b)
+                Some(Body::Json(b)) => serde_json::to_vec(b)
                     .map_err(|e| PlatformError::Config(format!("{what}: encode body: {e}")))?,
+                Some(Body::Bytes(b)) => b,
                 None => b"{}".to_vec(),
             };
             req = req
@@ -185,7 +193,7 @@ impl PlatformClient {
         operation: &'static str,
         method: Method,
         segments: &[&str],
-        body: Option<&Value>,
+        body: Option<Body<'_>>,
         what: &str,
     ) -> Result<InfoTable, PlatformError> {
         let (status, bytes) = self.send(operation, method, segments, body, what).await?;
@@ -206,7 +214,7 @@ impl PlatformClient {
                 "GetEntityList",
                 Method::POST,
                 &["Resources", "EntityServices", "Services", "GetEntityList"],
-                Some(&body),
+                Some(Body::Json(&body)),
                 "GetEntityList",
             )
             .await?;
@@ -225,7 +233,7 @@ impl PlatformClient {
                 "GetPropertyDefinitions",
                 Method::POST,
                 &["Things", thing, "Services", "GetPropertyDefinitions"],
-                Some(&body),
+                Some(Body::Json(&body)),
                 &format!("GetPropertyDefinitions of {thing}"),
             )
             .await?;
@@ -305,12 +313,14 @@ impl PlatformClient {
         if values.is_empty() {
             return Ok(());
         }
-        let body = request::update_property_values_body(values);
+        let body = request::update_property_values_body(values).map_err(|e| {
+            PlatformError::Config(format!("UpdatePropertyValues of {thing}: encode body: {e}"))
+        })?;
         self.send(
             "UpdatePropertyValues",
             Method::POST,
             &["Things", thing, "Services", "UpdatePropertyValues"],
-            Some(&body),
+            Some(Body::Bytes(body)),
             &format!("UpdatePropertyValues of {thing}"),
         )
         .await
@@ -331,14 +341,15 @@ impl PlatformClient {
         if batch.iter().all(|(_, v)| v.is_empty()) {
             return Ok(Vec::new());
         }
-        let body = request::bulk_write_body(batch);
         let what = format!("bulk write {service} of {gateway} ({} Things)", batch.len());
+        let body = request::bulk_write_body(batch)
+            .map_err(|e| PlatformError::Config(format!("{what}: encode body: {e}")))?;
         let table = self
             .send_for_table(
                 "BulkWrite",
                 Method::POST,
                 &["Things", gateway, "Services", service],
-                Some(&body),
+                Some(Body::Bytes(body)),
                 &what,
             )
             .await?;
@@ -378,7 +389,7 @@ impl PlatformClient {
             "SetProperties",
             Method::PUT,
             &["Things", thing, "Properties", "*"],
-            Some(&body),
+            Some(Body::Json(&body)),
             &format!("properties of {thing}"),
         )
         .await
@@ -434,7 +445,7 @@ impl PlatformClient {
             "CreateThing",
             Method::POST,
             &["Resources", "EntityServices", "Services", "CreateThing"],
-            Some(&body),
+            Some(Body::Json(&body)),
             &format!("CreateThing {}", thing.name),
         )
         .await?;
@@ -465,7 +476,7 @@ impl PlatformClient {
             "ThingService",
             Method::POST,
             &["Things", thing, "Services", service],
-            Some(inputs),
+            Some(Body::Json(inputs)),
             &format!("service {service} of {thing}"),
         )
         .await
@@ -482,7 +493,7 @@ impl PlatformClient {
             "ResourceService",
             Method::POST,
             &["Resources", resource, "Services", service],
-            Some(inputs),
+            Some(Body::Json(inputs)),
             &format!("service {service} of resource {resource}"),
         )
         .await

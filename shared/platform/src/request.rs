@@ -1,11 +1,14 @@
 //! The JSON bodies the client sends and the parsing of the answers it reads. Pure functions, so
 //! the golden fixtures in `tests/fixtures` check them byte for byte without a server.
 
-use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde_json::{json, Value};
 use twinbridge_core::BaseType;
 
 use crate::infotable::{FieldDefinition, InfoTable};
-use crate::value::PropertyValue;
+use crate::value::{PlatformJson, PropertyValue};
 
 /// The quality of a VTQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,18 +53,13 @@ pub fn named_vtq_shape() -> InfoTable {
     t
 }
 
-/// `POST /Things/{t}/Services/UpdatePropertyValues` input: `{"values": <NamedVTQ InfoTable>}`.
-pub fn update_property_values_body(values: &[Vtq]) -> Value {
-    let mut table = named_vtq_shape();
-    for v in values {
-        let mut row = Map::new();
-        row.insert("name".into(), Value::String(v.name.clone()));
-        row.insert("value".into(), v.value.to_json());
-        row.insert("time".into(), Value::from(v.time));
-        row.insert("quality".into(), Value::String(v.quality.as_str().into()));
-        table.push_row(row);
-    }
-    json!({ "values": table.to_json() })
+/// `POST /Things/{t}/Services/UpdatePropertyValues` input: `{"values": <NamedVTQ InfoTable>}`,
+/// serialized straight into bytes (this is written for every delivered message: no
+/// `serde_json::Value` tree, the data shape serialized once per process).
+pub fn update_property_values_body(values: &[Vtq]) -> Result<Vec<u8>, serde_json::Error> {
+    static SHAPE: OnceLock<Vec<u8>> = OnceLock::new();
+    let shape = shape_json(&SHAPE, named_vtq_shape)?;
+    vtq_table_body(shape, values.iter().map(|v| VtqRow::of(None, v)))
 }
 
 /// The data shape of a multi-Thing write: one row per value, `thing` first.
@@ -80,21 +78,70 @@ pub fn thing_vtq_shape() -> InfoTable {
 }
 
 /// Input of the bulk write service: `{"values": <thing/name/value/time/quality InfoTable>}`, the
-/// rows of each Thing in its order.
-pub fn bulk_write_body(batch: &[(&str, &[Vtq])]) -> Value {
-    let mut table = thing_vtq_shape();
-    for (thing, values) in batch {
-        for v in *values {
-            let mut row = Map::new();
-            row.insert("thing".into(), Value::String((*thing).to_string()));
-            row.insert("name".into(), Value::String(v.name.clone()));
-            row.insert("value".into(), v.value.to_json());
-            row.insert("time".into(), Value::from(v.time));
-            row.insert("quality".into(), Value::String(v.quality.as_str().into()));
-            table.push_row(row);
+/// rows of each Thing in its order, serialized straight into bytes.
+pub fn bulk_write_body(batch: &[(&str, &[Vtq])]) -> Result<Vec<u8>, serde_json::Error> {
+    static SHAPE: OnceLock<Vec<u8>> = OnceLock::new();
+    let shape = shape_json(&SHAPE, thing_vtq_shape)?;
+    vtq_table_body(
+        shape,
+        batch
+            .iter()
+            .flat_map(|(thing, values)| values.iter().map(|v| VtqRow::of(Some(thing), v))),
+    )
+}
+
+/// One row of a VTQ table, borrowed from the values it is written from.
+#[derive(Serialize)]
+struct VtqRow<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thing: Option<&'a str>,
+    name: &'a str,
+    value: PlatformJson<'a>,
+    time: i64,
+    quality: &'static str,
+}
+
+impl<'a> VtqRow<'a> {
+    fn of(thing: Option<&'a str>, v: &'a Vtq) -> Self {
+        VtqRow {
+            thing,
+            name: &v.name,
+            value: PlatformJson(&v.value),
+            time: v.time,
+            quality: v.quality.as_str(),
         }
     }
-    json!({ "values": table.to_json() })
+}
+
+/// The JSON of a data shape, serialized on first use.
+fn shape_json(
+    cell: &'static OnceLock<Vec<u8>>,
+    table: fn() -> InfoTable,
+) -> Result<&'static [u8], serde_json::Error> {
+    if let Some(s) = cell.get() {
+        return Ok(s);
+    }
+    let bytes = serde_json::to_vec(&table().data_shape)?;
+    Ok(cell.get_or_init(|| bytes))
+}
+
+/// `{"values":{"dataShape":<shape>,"rows":[<row>,…]}}`.
+fn vtq_table_body<'a>(
+    shape: &[u8],
+    rows: impl Iterator<Item = VtqRow<'a>>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(shape.len() + 128);
+    out.extend_from_slice(br#"{"values":{"dataShape":"#);
+    out.extend_from_slice(shape);
+    out.extend_from_slice(br#","rows":["#);
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &row)?;
+    }
+    out.extend_from_slice(b"]}}");
+    Ok(out)
 }
 
 /// `PUT /Things/{t}/Properties/*` body: `{"temp": 21.5, "state": "run"}`.
@@ -174,16 +221,20 @@ pub fn parse_entity_names(table: &InfoTable) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
 
     #[test]
     fn update_body_has_named_vtq_shape() {
-        let body = update_property_values_body(&[Vtq {
+        let bytes = update_property_values_body(&[Vtq {
             name: "temp".into(),
             value: PropertyValue::Number(21.5),
             time: 1700000000123,
             quality: Quality::Good,
-        }]);
+        }])
+        .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
             body["values"]["rows"][0],
             json!({"name":"temp","value":21.5,"time":1700000000123_i64,"quality":"GOOD"})
@@ -191,6 +242,82 @@ mod tests {
         assert_eq!(
             body["values"]["dataShape"]["fieldDefinitions"]["name"]["aspects"]["isPrimaryKey"],
             json!(true)
+        );
+    }
+
+    /// The bytes written straight are exactly the JSON the `Value` form gives: every type, a
+    /// non-finite number, a location, a JSON value, and the bulk table's `thing` column.
+    #[test]
+    fn bodies_serialized_straight_match_the_value_form() {
+        let values = vec![
+            Vtq {
+                name: "n".into(),
+                value: PropertyValue::Number(f64::NAN),
+                time: 1,
+                quality: Quality::Bad,
+            },
+            Vtq {
+                name: "i".into(),
+                value: PropertyValue::Integer(-3),
+                time: 2,
+                quality: Quality::Good,
+            },
+            Vtq {
+                name: "s\"q".into(),
+                value: PropertyValue::String("x\ny".into()),
+                time: 3,
+                quality: Quality::Unknown,
+            },
+            Vtq {
+                name: "loc".into(),
+                value: PropertyValue::Location(crate::value::Location {
+                    latitude: 1.5,
+                    longitude: -2.0,
+                    elevation: Some(3.0),
+                }),
+                time: 4,
+                quality: Quality::Good,
+            },
+            Vtq {
+                name: "j".into(),
+                value: PropertyValue::Json(json!({"a": [1, "b"]})),
+                time: 5,
+                quality: Quality::Good,
+            },
+            Vtq {
+                name: "b".into(),
+                value: PropertyValue::Boolean(true),
+                time: 6,
+                quality: Quality::Good,
+            },
+        ];
+        let rows = |thing: Option<&str>| -> Vec<Value> {
+            values
+                .iter()
+                .map(|v| {
+                    let mut row = Map::new();
+                    if let Some(t) = thing {
+                        row.insert("thing".into(), json!(t));
+                    }
+                    row.insert("name".into(), json!(v.name));
+                    row.insert("value".into(), v.value.to_json());
+                    row.insert("time".into(), json!(v.time));
+                    row.insert("quality".into(), json!(v.quality.as_str()));
+                    Value::Object(row)
+                })
+                .collect()
+        };
+        let single: Value =
+            serde_json::from_slice(&update_property_values_body(&values).unwrap()).unwrap();
+        assert_eq!(
+            single,
+            json!({"values": {"dataShape": named_vtq_shape().data_shape, "rows": rows(None)}})
+        );
+        let bulk: Value =
+            serde_json::from_slice(&bulk_write_body(&[("t1", &values)]).unwrap()).unwrap();
+        assert_eq!(
+            bulk,
+            json!({"values": {"dataShape": thing_vtq_shape().data_shape, "rows": rows(Some("t1"))}})
         );
     }
 

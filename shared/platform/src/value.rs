@@ -81,6 +81,48 @@ impl PropertyValue {
     }
 }
 
+/// Serializes a value in its platform JSON form ([`PropertyValue::to_json`]) straight into the
+/// output, without building a `serde_json::Value` (the write path's request bodies).
+pub struct PlatformJson<'a>(pub &'a PropertyValue);
+
+impl serde::Serialize for PlatformJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        fn num<S: serde::Serializer>(s: S, x: f64) -> Result<S::Ok, S::Error> {
+            // Like `to_json`: a non-finite number has no JSON form and goes as null.
+            if x.is_finite() {
+                s.serialize_f64(x)
+            } else {
+                s.serialize_unit()
+            }
+        }
+        struct Num(f64);
+        impl serde::Serialize for Num {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                num(s, self.0)
+            }
+        }
+        match self.0 {
+            PropertyValue::Number(n) => num(s, *n),
+            PropertyValue::Integer(i) => s.serialize_i32(*i),
+            PropertyValue::Long(l) => s.serialize_i64(*l),
+            PropertyValue::String(v) => s.serialize_str(v),
+            PropertyValue::Boolean(b) => s.serialize_bool(*b),
+            PropertyValue::Datetime(ms) => s.serialize_i64(*ms),
+            PropertyValue::Location(loc) => {
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("latitude", &Num(loc.latitude))?;
+                m.serialize_entry("longitude", &Num(loc.longitude))?;
+                if let Some(e) = loc.elevation {
+                    m.serialize_entry("elevation", &Num(e))?;
+                }
+                m.end()
+            }
+            PropertyValue::Json(v) => v.serialize(s),
+        }
+    }
+}
+
 fn f64_json(x: f64) -> Value {
     Number::from_f64(x).map_or(Value::Null, Value::Number)
 }

@@ -396,8 +396,10 @@ pub trait FleetStore: Send + Sync + 'static {
 
     // ---------------------------------------------------------------- activity
 
-    /// Records when the fleet last handled a message of each Thing (epoch ms; a later call wins
-    /// only with a larger time). Workers call it once per acknowledged batch, off the hot path.
+    /// Records when the fleet last handled a message of each Thing (epoch ms; the last call
+    /// wins — its writer is the Thing's owner, so times only go back by the clock skew of a
+    /// hand-over). Workers call it once per acknowledged batch, off the hot path: one `HSET` on
+    /// Redis, no script, since it is written for every message the fleet delivers.
     async fn record_activity(&self, things: &[ThingName], at_ms: u64) -> StoreResult<()>;
 
     /// When the fleet last handled a message of `thing` (epoch ms), if ever.

@@ -931,8 +931,7 @@ impl FleetStore for MemoryStore {
     async fn record_activity(&self, things: &[ThingName], at_ms: u64) -> StoreResult<()> {
         let mut state = self.lock();
         for t in things {
-            let e = state.activity.entry(t.clone()).or_insert(0);
-            *e = (*e).max(at_ms);
+            state.activity.insert(t.clone(), at_ms);
         }
         Ok(())
     }

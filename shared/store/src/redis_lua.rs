@@ -459,19 +459,6 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
     )
 }
 
-/// KEYS: `{P}:activity`. ARGV: time ms, Thing names. Keeps the larger time per Thing.
-pub fn record_activity() -> String {
-    r#"
-local t = tonumber(ARGV[1])
-for i = 2, #ARGV do
-  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if t > cur then redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
-end
-return 1
-"#
-    .to_string()
-}
-
 /// KEYS: `{P}:dlq`. Deletes the whole DLQ and returns how many letters it held.
 pub fn purge_all() -> String {
     r#"
@@ -479,31 +466,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = redis.call('XLEN', KEYS[1])
 redis.call('DEL', KEYS[1])
 return n
-"#
-    .to_string()
-}
-
-/// KEYS: the delivery logs of the batch's Things (all in one shard's slot). ARGV: keep, ttl ms,
-/// then per key its record count followed by the records, oldest first. Pushes each Thing's
-/// records (newest at the head), trims to `keep` and refreshes the expiry.
-pub fn record_deliveries() -> String {
-    r#"
-local keep = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local a = 3
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  local last = a + n - 1
-  while a <= last do
-    local upto = math.min(a + 999, last)
-    redis.call('LPUSH', KEYS[i], unpack(ARGV, a, upto))
-    a = upto + 1
-  end
-  redis.call('LTRIM', KEYS[i], 0, keep - 1)
-  redis.call('PEXPIRE', KEYS[i], ttl)
-end
-return #KEYS
 "#
     .to_string()
 }

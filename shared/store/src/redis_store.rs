@@ -200,8 +200,6 @@ struct Scripts {
     list_workers: Script,
     purge_all: Script,
     group_heartbeat: Script,
-    record_activity: Script,
-    record_deliveries: Script,
 }
 
 impl Scripts {
@@ -226,8 +224,6 @@ impl Scripts {
             list_workers: Script::new(&lua::list_workers()),
             purge_all: Script::new(&lua::purge_all()),
             group_heartbeat: Script::new(&lua::group_heartbeat()),
-            record_activity: Script::new(&lua::record_activity()),
-            record_deliveries: Script::new(&lua::record_deliveries()),
         }
     }
 }
@@ -1612,12 +1608,15 @@ impl FleetStore for RedisStore {
             return Ok(());
         }
         let key = self.reg("activity");
-        let mut inv = self.inner.scripts.record_activity.key(&key);
-        inv.arg(at_ms);
-        for t in things {
-            inv.arg(t.as_str());
+        // One plain HSET of every field: a script looping over the Things cost Redis more than
+        // appending the messages did.
+        let mut seen = std::collections::HashSet::with_capacity(things.len());
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&key);
+        for t in things.iter().filter(|t| seen.insert(t.as_str())) {
+            cmd.arg(t.as_str()).arg(at_ms);
         }
-        inv.invoke_async::<()>(&mut self.conn())
+        cmd.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| store_err(e, &key))
     }
@@ -1664,18 +1663,23 @@ impl FleetStore for RedisStore {
                 })
                 .push(json);
         }
+        // Plain commands in one pipeline (every key is in the shard's slot): LPUSH, LTRIM and
+        // PEXPIRE per Thing. A script did the same atomically, at several times Redis's CPU per
+        // record; a process dying mid-pipeline only leaves a list untrimmed until its next write.
         let first = self.delivery_key(shard, order.first().copied().unwrap_or_default());
-        let mut inv = self.inner.scripts.record_deliveries.prepare_invoke();
-        inv.arg(keep).arg(ttl);
+        let mut pipe = redis::pipe();
         for thing in &order {
-            inv.key(self.delivery_key(shard, thing));
+            let key = self.delivery_key(shard, thing);
             let list = by_thing.get(thing).map(Vec::as_slice).unwrap_or_default();
-            inv.arg(list.len());
-            for json in list {
-                inv.arg(json.as_str());
-            }
+            pipe.cmd("LPUSH").arg(&key).arg(list).ignore();
+            pipe.cmd("LTRIM")
+                .arg(&key)
+                .arg(0)
+                .arg(i64::from(keep) - 1)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
         }
-        inv.invoke_async::<()>(&mut self.conn())
+        pipe.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| store_err(e, &first))
     }

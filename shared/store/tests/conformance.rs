@@ -110,7 +110,7 @@ fn all_checks() -> Vec<Check> {
         check!(dead_letters_list_replay_purge),
         check!(workers_heartbeat_expire_remove),
         check!(groups_heartbeat_expire_leave),
-        check!(activity_keeps_the_latest_time),
+        check!(activity_keeps_the_last_time),
         check!(delivery_log_keeps_the_newest_per_thing),
         check!(workers_requests_set_read_clear),
         check!(counters_add_up_across_callers),
