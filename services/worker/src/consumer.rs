@@ -160,10 +160,11 @@ pub struct Shared {
     pub deliveries: Option<DeliveryLog>,
 }
 
-/// Thing records (with their property models) cached for `ttl`.
+/// Thing records (with their property models) cached for `ttl`, shared by reference: a batch
+/// looks up every Thing it carries, and copying the models was a measurable part of the cost.
 #[derive(Default)]
 pub struct ModelCache {
-    entries: Mutex<HashMap<String, (Thing, Instant)>>,
+    entries: Mutex<HashMap<String, (Arc<Thing>, Instant)>>,
 }
 
 impl ModelCache {
@@ -173,7 +174,7 @@ impl ModelCache {
         store: &dyn FleetStore,
         names: &[String],
         ttl: Duration,
-    ) -> StoreResult<HashMap<String, Thing>> {
+    ) -> StoreResult<HashMap<String, Arc<Thing>>> {
         let now = Instant::now();
         let mut out = HashMap::with_capacity(names.len());
         let mut missing = Vec::new();
@@ -182,7 +183,7 @@ impl ModelCache {
             for name in names {
                 match entries.get(name) {
                     Some((thing, at)) if now.duration_since(*at) < ttl => {
-                        out.insert(name.clone(), thing.clone());
+                        out.insert(name.clone(), Arc::clone(thing));
                     }
                     _ => missing.push(name.clone()),
                 }
@@ -194,7 +195,8 @@ impl ModelCache {
             for (name, thing) in missing.into_iter().zip(fetched) {
                 match thing {
                     Some(thing) => {
-                        entries.insert(name.clone(), (thing.clone(), now));
+                        let thing = Arc::new(thing);
+                        entries.insert(name.clone(), (Arc::clone(&thing), now));
                         out.insert(name, thing);
                     }
                     None => {
