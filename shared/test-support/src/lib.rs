@@ -589,8 +589,13 @@ async fn wait_listening(child: &mut Child, port: u16, within: Duration, what: &s
         if let Some(status) = child.try_wait()? {
             bail!("{what} exited at start: {status}");
         }
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
+        // A connection whose local port is the port itself is Linux's TCP self-connect (the
+        // ephemeral port picked for the attempt happened to be `port`, nothing listening): it
+        // proves nothing, and once made the tests saw "connection refused" a moment later.
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+            if stream.local_addr().map(|a| a.port()).ok() != Some(port) {
+                return Ok(());
+            }
         }
         if Instant::now() > deadline {
             let _ = child.kill().await;
