@@ -769,7 +769,7 @@ impl Default for WorkerConfig {
             lease_ttl: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(2),
             batch_size: 100,
-            flush_window: Duration::from_millis(50),
+            flush_window: Duration::from_millis(10),
             max_values_per_call: 500,
             platform_concurrency: 64,
             rate_limit: 0,
