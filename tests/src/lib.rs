@@ -149,6 +149,32 @@ impl Service {
     }
 }
 
+/// The `[log]`, `[store]` and `[platform]` sections every fleet test's processes share: Redis at
+/// `redis_url` under `prefix`, the platform simulator at `platform_url` with `app_key`. A test
+/// appends its own `[scheduler]`, `[router]` and `[worker]` sections.
+pub fn fleet_config_base(
+    redis_url: &str,
+    prefix: &str,
+    platform_url: &str,
+    app_key: &str,
+) -> String {
+    format!(
+        r#"
+[log]
+level = "warn"
+
+[store]
+backend = "redis"
+urls = ["{redis_url}"]
+prefix = "{prefix}"
+
+[platform]
+url = "{platform_url}"
+app_key = "{app_key}"
+"#
+    )
+}
+
 /// Polls `check` every 100 ms until it holds; fails with `what` after `within`.
 pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
 where

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use twinbridge_core::BaseType;
 use twinbridge_fleet_tests::browser::Browser;
-use twinbridge_fleet_tests::{artifacts_dir, eventually, Service};
+use twinbridge_fleet_tests::{artifacts_dir, eventually, fleet_config_base, Service};
 use twinbridge_platform_sim::state::{PropertySeed, Seed, ThingSeed};
 use twinbridge_platform_sim::{RunningSim, SimOptions};
 use twinbridge_test_support::{free_port, unique_prefix, RedisServer};
@@ -76,19 +76,7 @@ impl Admin {
 
 fn write_config(dir: &Path, redis: &RedisServer, sim: &RunningSim) -> std::path::PathBuf {
     let config = format!(
-        r#"
-[log]
-level = "warn"
-
-[store]
-backend = "redis"
-urls = ["{redis}"]
-prefix = "{prefix}"
-
-[platform]
-url = "{platform}"
-app_key = "{key}"
-
+        r#"{base}
 [scheduler]
 admin_token = "{TOKEN}"
 discovery_interval = "1h"
@@ -104,10 +92,12 @@ refresh_interval = "100ms"
 lease_ttl = "3s"
 heartbeat_interval = "500ms"
 "#,
-        redis = redis.url(),
-        prefix = unique_prefix("dash"),
-        platform = sim.url(),
-        key = sim.app_key(),
+        base = fleet_config_base(
+            &redis.url(),
+            &unique_prefix("dash"),
+            &sim.url(),
+            sim.app_key()
+        ),
     );
     let path = dir.join("twinbridge.toml");
     std::fs::write(&path, config).unwrap();

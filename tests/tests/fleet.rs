@@ -24,7 +24,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::{json, Value};
 use twinbridge_core::BaseType;
-use twinbridge_fleet_tests::{eventually, Service};
+use twinbridge_fleet_tests::{eventually, fleet_config_base, Service};
 use twinbridge_platform_sim::state::{PropertySeed, Seed, ThingSeed};
 use twinbridge_platform_sim::{RunningSim, SimOptions};
 use twinbridge_test_support::{free_port, unique_prefix, MotoServer, RedisServer};
@@ -140,19 +140,7 @@ fn write_config(
 ) -> std::path::PathBuf {
     let prefix = unique_prefix("fleet");
     let config = format!(
-        r#"
-[log]
-level = "warn"
-
-[store]
-backend = "redis"
-urls = ["{redis}"]
-prefix = "{prefix}"
-
-[platform]
-url = "{platform}"
-app_key = "{key}"
-
+        r#"{base}
 [scheduler]
 admin_token = "{TOKEN}"
 discovery_interval = "1h"
@@ -193,9 +181,7 @@ endpoint = "{moto}"
 access_key_id = "test"
 secret_access_key = "test"
 "#,
-        redis = redis.url(),
-        platform = sim.url(),
-        key = sim.app_key(),
+        base = fleet_config_base(&redis.url(), &prefix, &sim.url(), sim.app_key()),
         moto = moto.endpoint(),
     );
     let path = dir.join("twinbridge.toml");

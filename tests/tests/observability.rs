@@ -25,7 +25,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use twinbridge_fleet_tests::{eventually, Service};
+use twinbridge_fleet_tests::{eventually, fleet_config_base, Service};
 use twinbridge_platform_sim::SimOptions;
 use twinbridge_test_support::{free_port, unique_prefix, Mosquitto, MotoServer, RedisServer};
 
@@ -524,19 +524,7 @@ fn write_config(
     sim: &twinbridge_platform_sim::RunningSim,
 ) -> PathBuf {
     let config = format!(
-        r#"
-[log]
-level = "warn"
-
-[store]
-backend = "redis"
-urls = ["{redis}"]
-prefix = "{prefix}"
-
-[platform]
-url = "{platform}"
-app_key = "{key}"
-
+        r#"{base}
 [scheduler]
 admin_token = "{TOKEN}"
 discovery_interval = "1h"
@@ -567,10 +555,12 @@ port = {mqtt}
 lease_ttl = "3s"
 heartbeat_interval = "500ms"
 "#,
-        redis = redis.url(),
-        prefix = unique_prefix("obs"),
-        platform = sim.url(),
-        key = sim.app_key(),
+        base = fleet_config_base(
+            &redis.url(),
+            &unique_prefix("obs"),
+            &sim.url(),
+            sim.app_key()
+        ),
         moto = moto.endpoint(),
         mqtt = mosquitto.port(),
     );
