@@ -174,8 +174,15 @@ async fn mqtt_messages_are_routed_in_order_and_survive_a_router_restart() {
         .envelope
         .as_ref()
         .is_ok_and(|e| e.kind == MessageKind::Presence)));
+    // The malformed message is dead-lettered; at least once, like every message: when its PUBACK
+    // had not reached the broker before the stop, the broker delivers it again after the restart.
     let letters = store.list_dead_letters(None, 10).await.unwrap();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].1.reason.code, "invalid_json");
-    assert_eq!(letters[0].1.envelope.payload.as_bytes(), b"{oops");
+    assert!(
+        (1..=2).contains(&letters.len()),
+        "one dead letter, or two after a redelivery: {letters:?}"
+    );
+    for (_, letter) in &letters {
+        assert_eq!(letter.reason.code, "invalid_json");
+        assert_eq!(letter.envelope.payload.as_bytes(), b"{oops");
+    }
 }

@@ -21,12 +21,25 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    // Binding port 0 on loopback cannot fail on a working machine; fall back to a random high
-    // port if it somehow does (the caller's start then retries).
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|_| 20_000 + (rand_u16() % 20_000))
+    // The kernel may hand the same port to two `bind(0)` calls made close together once the first
+    // is closed again; two tests of one binary starting servers in parallel then raced for one
+    // port (one server failed to bind, its test talked to the other's server until that one
+    // stopped: "connection refused"). So a port is handed out at most once per process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        // Binding port 0 on loopback cannot fail on a working machine; fall back to a random
+        // high port if it somehow does (the caller's start then retries).
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|_| 20_000 + (rand_u16() % 20_000));
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    20_000 + (rand_u16() % 20_000)
 }
 
 /// A port `p` such that both `p` and `p + 10000` (the cluster bus) are free.
