@@ -13,7 +13,7 @@ pub mod thing;
 pub mod time;
 
 pub use control::Control;
-pub use delivery::{trace_id_of, DeliveryOutcome, DeliveryRecord};
+pub use delivery::{trace_id_of, DeliveryOutcome, DeliveryRecord, RecordDecodeError};
 pub use dlq::{DeadLetter, DeadLetterReason};
 pub use envelope::{
     DecodeError, EncodedEnvelope, Envelope, MessageKind, Payload, Source, SourceKind,

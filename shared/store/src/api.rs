@@ -408,8 +408,9 @@ pub trait FleetStore: Send + Sync + 'static {
     // ---------------------------------------------------------------- delivery log
 
     /// Appends records (of Things on `shard`, oldest first) to each Thing's delivery log, keeping
-    /// the newest `keep` per Thing; a Thing's log expires `ttl` after its last write. Workers
-    /// call it off the delivery path; records are best-effort diagnostics, not data.
+    /// the newest `keep` per Thing; a Thing's log expires `ttl` after its last write (on Redis
+    /// between 0.9 × and 1 × `ttl`: the expiry is refreshed once per tenth of it). Workers call
+    /// it off the delivery path; records are best-effort diagnostics, not data.
     async fn record_deliveries(
         &self,
         shard: ShardId,

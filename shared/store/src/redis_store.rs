@@ -228,6 +228,9 @@ impl Scripts {
     }
 }
 
+/// Most delivery logs whose last expiry refresh one process remembers.
+const LOG_EXPIRY_TRACKED: usize = 200_000;
+
 struct Inner {
     conn: Conn,
     clients: Clients,
@@ -238,6 +241,9 @@ struct Inner {
     base: String,
     prefix: String,
     options: RedisStoreOptions,
+    /// When this process last set each delivery log's expiry (epoch ms), so a log written many
+    /// times a second gets one `PEXPIRE` per tenth of its TTL rather than one per write.
+    log_expiry: Mutex<HashMap<String, u64>>,
 }
 
 /// The fleet store on Redis or Redis Cluster. Cheap to clone (shares its connection).
@@ -483,6 +489,7 @@ impl RedisStore {
                 base: format!("{{{prefix}}}"),
                 prefix,
                 options,
+                log_expiry: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -1649,39 +1656,69 @@ impl FleetStore for RedisStore {
         if records.is_empty() || keep == 0 {
             return Ok(());
         }
-        // Group by Thing, keeping each Thing's records in their order.
+        // Group by Thing, keeping each Thing's records in their order, in the compact stored
+        // form (about a third of the record's JSON object).
         let mut order: Vec<&str> = Vec::new();
-        let mut by_thing: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut by_thing: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
         for r in records {
-            let json = serde_json::to_string(r)
-                .map_err(|e| StoreError::Invalid(format!("delivery record of {}: {e}", r.thing)))?;
             by_thing
                 .entry(r.thing.as_str())
                 .or_insert_with(|| {
                     order.push(r.thing.as_str());
                     Vec::new()
                 })
-                .push(json);
+                .push(r.encode_compact());
         }
-        // Plain commands in one pipeline (every key is in the shard's slot): LPUSH, LTRIM and
-        // PEXPIRE per Thing. A script did the same atomically, at several times Redis's CPU per
-        // record; a process dying mid-pipeline only leaves a list untrimmed until its next write.
+        // Plain commands in one pipeline (every key is in the shard's slot): LPUSH and LTRIM per
+        // Thing, and PEXPIRE when this process has not set the log's expiry within a tenth of
+        // the TTL (so a log expires between 0.9 × and 1 × the TTL after its last write). A
+        // script did the same atomically, at several times Redis's CPU per record; a process
+        // dying mid-pipeline only leaves a list untrimmed until its next write.
+        let now = twinbridge_core::time::now_ms();
+        let refresh = ttl / 10;
         let first = self.delivery_key(shard, order.first().copied().unwrap_or_default());
         let mut pipe = redis::pipe();
-        for thing in &order {
-            let key = self.delivery_key(shard, thing);
-            let list = by_thing.get(thing).map(Vec::as_slice).unwrap_or_default();
-            pipe.cmd("LPUSH").arg(&key).arg(list).ignore();
-            pipe.cmd("LTRIM")
-                .arg(&key)
-                .arg(0)
-                .arg(i64::from(keep) - 1)
-                .ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        {
+            let mut expiry = self
+                .inner
+                .log_expiry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if expiry.len() > LOG_EXPIRY_TRACKED {
+                // Forget the logs that need a refresh anyway; the map stays bounded.
+                expiry.retain(|_, at| now.saturating_sub(*at) < refresh);
+            }
+            for thing in &order {
+                let key = self.delivery_key(shard, thing);
+                let list = by_thing.get(thing).map(Vec::as_slice).unwrap_or_default();
+                pipe.cmd("LPUSH").arg(&key).arg(list).ignore();
+                pipe.cmd("LTRIM")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(i64::from(keep) - 1)
+                    .ignore();
+                let fresh = expiry
+                    .get(&key)
+                    .is_some_and(|at| now.saturating_sub(*at) < refresh);
+                if !fresh {
+                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+                    expiry.insert(key, now);
+                }
+            }
         }
-        pipe.query_async::<()>(&mut self.conn())
-            .await
-            .map_err(|e| store_err(e, &first))
+        let result = pipe.query_async::<()>(&mut self.conn()).await;
+        if result.is_err() {
+            // Whether the expiries were set is unknown: set them on the next write.
+            let mut expiry = self
+                .inner
+                .log_expiry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for thing in &order {
+                expiry.remove(&self.delivery_key(shard, thing));
+            }
+        }
+        result.map_err(|e| store_err(e, &first))
     }
 
     async fn deliveries(&self, thing: &str, limit: u32) -> StoreResult<Vec<DeliveryRecord>> {
@@ -1694,21 +1731,21 @@ impl FleetStore for RedisStore {
             let key = self.delivery_key(shard.id, thing);
             let mut conn = self.conn();
             async move {
-                let raw: Vec<String> = redis::cmd("LRANGE")
+                let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
                     .arg(&key)
                     .arg(0)
                     .arg(end)
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| store_err(e, &key))?;
-                Ok::<_, StoreError>((key, raw))
+                Ok::<_, StoreError>((key, shard.id, raw))
             }
         });
         let mut out = Vec::new();
         for read in futures::future::join_all(reads).await {
-            let (key, raw) = read?;
-            for json in raw {
-                match serde_json::from_str::<DeliveryRecord>(&json) {
+            let (key, shard, raw) = read?;
+            for stored in raw {
+                match DeliveryRecord::decode_stored(thing, shard, &stored) {
                     Ok(r) => out.push(r),
                     // A diagnostic log: one unreadable record must not hide the others.
                     Err(e) => {

@@ -401,3 +401,96 @@ async fn a_password_is_required_and_never_retried_when_wrong() {
     store.ping().await.unwrap();
     assert_eq!(store.create_shard(5).await.unwrap().id, ShardId(1));
 }
+
+#[tokio::test]
+async fn delivery_logs_store_compact_records_and_read_old_and_skip_corrupt_ones() {
+    use twinbridge_core::{DeliveryOutcome, DeliveryRecord};
+    let server = RedisServer::start().await.unwrap();
+    let prefix = unique_prefix("dlog");
+    let store = RedisStore::connect(options(server.url(), &prefix))
+        .await
+        .unwrap();
+    let shard = store.create_shard(10).await.unwrap().id;
+    let mut conn = raw(&server).await;
+    let record = |done: u64| DeliveryRecord {
+        thing: "pump-1".into(),
+        kind: MessageKind::Telemetry,
+        source: Source {
+            kind: SourceKind::Kinesis,
+            name: "telemetry/shardId-000000000000".into(),
+            position: "49590338271490256608559692538361571095921575989136588898".into(),
+        },
+        shard,
+        entry: format!("{done}-0"),
+        received_at_ms: done - 40,
+        done_at_ms: done,
+        latency_ms: 40,
+        outcome: DeliveryOutcome::Delivered,
+        reason: None,
+        detail: None,
+        values: 3,
+        attempts: 1,
+        worker: "worker-7f3a2c".into(),
+        trace_id: None,
+    };
+    let key = format!("{{{prefix}:s:{}}}:dlog:pump-1", shard.0);
+    // A record as an earlier version stored it (the full JSON object) and a corrupt one.
+    let old = serde_json::to_string(&record(1_000)).unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg(&key)
+        .arg(&old)
+        .arg("{broken")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    store
+        .record_deliveries(shard, &[record(2_000), record(3_000)], 50, day)
+        .await
+        .unwrap();
+    let got = store.deliveries("pump-1", 10).await.unwrap();
+    assert_eq!(got, vec![record(3_000), record(2_000), record(1_000)]);
+    // What is stored now is the compact form, well under the old object's size, with an expiry.
+    let newest: Vec<u8> = redis::cmd("LINDEX")
+        .arg(&key)
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(newest.first(), Some(&b'['));
+    assert!(
+        newest.len() * 2 < old.len() + 40,
+        "{} vs {}",
+        newest.len(),
+        old.len()
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 80_000_000 && ttl <= 86_400_000, "expiry {ttl}");
+    // A log removed behind the store's back gets its expiry again on a later write once a tenth
+    // of the TTL has passed (here: a short TTL).
+    let short = Duration::from_millis(200);
+    store
+        .record_deliveries(shard, &[record(4_000)], 50, short)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("PERSIST")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    store
+        .record_deliveries(shard, &[record(5_000)], 50, short)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 200, "expiry refreshed: {ttl}");
+}
