@@ -231,6 +231,12 @@ impl Scripts {
 /// Most delivery logs whose last expiry refresh one process remembers.
 const LOG_EXPIRY_TRACKED: usize = 200_000;
 
+/// A 64-bit hash of a key (two keys sharing one only share an expiry refresh time).
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+}
+
 struct Inner {
     conn: Conn,
     clients: Clients,
@@ -241,9 +247,10 @@ struct Inner {
     base: String,
     prefix: String,
     options: RedisStoreOptions,
-    /// When this process last set each delivery log's expiry (epoch ms), so a log written many
-    /// times a second gets one `PEXPIRE` per tenth of its TTL rather than one per write.
-    log_expiry: Mutex<HashMap<String, u64>>,
+    /// When this process last set each delivery log's expiry (epoch ms), by a hash of the log's
+    /// key, so a log written many times a second gets one `PEXPIRE` per tenth of its TTL rather
+    /// than one per write. At most [`LOG_EXPIRY_TRACKED`] entries (~20 bytes each).
+    log_expiry: Mutex<HashMap<u64, u64>>,
 }
 
 /// The fleet store on Redis or Redis Cluster. Cheap to clone (shares its connection).
@@ -1685,8 +1692,9 @@ impl FleetStore for RedisStore {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if expiry.len() > LOG_EXPIRY_TRACKED {
-                // Forget the logs that need a refresh anyway; the map stays bounded.
-                expiry.retain(|_, at| now.saturating_sub(*at) < refresh);
+                // Forgetting only costs a `PEXPIRE` per log on its next write; the map stays
+                // bounded however many Things this process writes logs of.
+                expiry.clear();
             }
             for thing in &order {
                 let key = self.delivery_key(shard, thing);
@@ -1697,12 +1705,10 @@ impl FleetStore for RedisStore {
                     .arg(0)
                     .arg(i64::from(keep) - 1)
                     .ignore();
-                let fresh = expiry
-                    .get(&key)
-                    .is_some_and(|at| now.saturating_sub(*at) < refresh);
-                if !fresh {
+                let slot = expiry.entry(key_hash(&key)).or_insert(0);
+                if now.saturating_sub(*slot) >= refresh {
                     pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
-                    expiry.insert(key, now);
+                    *slot = now;
                 }
             }
         }
@@ -1715,7 +1721,7 @@ impl FleetStore for RedisStore {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             for thing in &order {
-                expiry.remove(&self.delivery_key(shard, thing));
+                expiry.remove(&key_hash(&self.delivery_key(shard, thing)));
             }
         }
         result.map_err(|e| store_err(e, &first))
