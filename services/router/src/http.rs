@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use twinbridge_core::time::now_ms;
 use twinbridge_core::{MessageKind, PropertyChange, Source, SourceKind};
@@ -78,7 +79,11 @@ impl Api {
     }
 
     /// Ingests and answers `202` with `render(outcomes)`, or `503` when the store failed.
-    async fn run(&self, batch: Vec<Inbound>, render: fn(&[Outcome]) -> Value) -> Response {
+    async fn run<T: Serialize>(
+        &self,
+        batch: Vec<Inbound>,
+        render: fn(&[Outcome]) -> T,
+    ) -> Response {
         match self.ingestor.ingest(batch).await {
             Ok(outcomes) => (StatusCode::ACCEPTED, Json(render(&outcomes))).into_response(),
             Err(e) => {
@@ -93,22 +98,55 @@ impl Api {
     }
 }
 
-fn outcome_json(o: &Outcome) -> Value {
+/// One message's outcome in an answer: `{"outcome": "appended", "shard": 3}` or
+/// `{"outcome": "dead_lettered" | "dropped", "reason": "<code>"}`.
+#[derive(Serialize)]
+struct OutcomeJson {
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<u32>,
+}
+
+fn outcome_json(o: &Outcome) -> OutcomeJson {
     match o {
-        Outcome::Appended { shard } => json!({"outcome": "appended", "shard": shard.0}),
-        Outcome::DeadLettered { code } => json!({"outcome": "dead_lettered", "reason": code}),
-        Outcome::Dropped { code } => json!({"outcome": "dropped", "reason": code}),
+        Outcome::Appended { shard } => OutcomeJson {
+            outcome: "appended",
+            reason: None,
+            shard: Some(shard.0),
+        },
+        Outcome::DeadLettered { code } => OutcomeJson {
+            outcome: "dead_lettered",
+            reason: Some(code),
+            shard: None,
+        },
+        Outcome::Dropped { code } => OutcomeJson {
+            outcome: "dropped",
+            reason: Some(code),
+            shard: None,
+        },
     }
 }
 
-fn summary(outcomes: &[Outcome]) -> Value {
+/// The answer to a batch: counts, then every message's outcome in request order. Serialized
+/// straight from these structs (no JSON tree per message).
+#[derive(Serialize)]
+struct Summary {
+    accepted: usize,
+    dead_lettered: usize,
+    dropped: usize,
+    results: Vec<OutcomeJson>,
+}
+
+fn summary(outcomes: &[Outcome]) -> Summary {
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
-    json!({
-        "accepted": count(|o| matches!(o, Outcome::Appended { .. })),
-        "dead_lettered": count(|o| matches!(o, Outcome::DeadLettered { .. })),
-        "dropped": count(|o| matches!(o, Outcome::Dropped { .. })),
-        "results": outcomes.iter().map(outcome_json).collect::<Vec<_>>(),
-    })
+    Summary {
+        accepted: count(|o| matches!(o, Outcome::Appended { .. })),
+        dead_lettered: count(|o| matches!(o, Outcome::DeadLettered { .. })),
+        dropped: count(|o| matches!(o, Outcome::Dropped { .. })),
+        results: outcomes.iter().map(outcome_json).collect(),
+    }
 }
 
 /// `POST /v1/ingest/topics/{topic}`: the body is the raw payload, as IoT Core's HTTPS publish.
@@ -129,27 +167,36 @@ async fn ingest_one(
         known: None,
     };
     api.run(vec![inbound], |outcomes| {
-        outcomes
-            .first()
-            .map_or_else(|| json!({"outcome": "dropped"}), outcome_json)
+        outcomes.first().map_or(
+            OutcomeJson {
+                outcome: "dropped",
+                reason: None,
+                shard: None,
+            },
+            outcome_json,
+        )
     })
     .await
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchItem {
+struct BatchItem<'a> {
     topic: Option<String>,
     /// The Thing (or client id) when the topic does not name it.
     key: Option<String>,
-    payload: Option<Value>,
+    /// The payload's JSON text as the request holds it: kept byte for byte, never parsed into a
+    /// tree here (classification reads it once).
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
     payload_base64: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Batch {
-    messages: Vec<BatchItem>,
+struct Batch<'a> {
+    #[serde(borrow)]
+    messages: Vec<BatchItem<'a>>,
 }
 
 /// `POST /v1/ingest`: `{"messages": [{"topic": "...", "payload": {...}}, ...]}`; a payload that
@@ -182,7 +229,7 @@ async fn ingest_batch(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byt
     let mut inbound = Vec::with_capacity(batch.messages.len());
     for (i, item) in batch.messages.into_iter().enumerate() {
         let payload = match (item.payload, item.payload_base64) {
-            (Some(v), None) => Bytes::from(v.to_string()),
+            (Some(raw), None) => Bytes::copy_from_slice(raw.get().as_bytes()),
             (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(e) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use twinbridge_core::time::now_ms;
 use twinbridge_core::{
-    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source,
+    DeadLetter, DeadLetterReason, Envelope, MessageKind, Payload, ShardId, Source, SourceKind,
 };
 use twinbridge_store::{counter, FleetStore, StoreResult};
 
@@ -163,11 +163,17 @@ impl Ingestor {
             self.routes.resolve(&missing).await?;
         }
         let mut per_shard: BTreeMap<ShardId, (Vec<usize>, Vec<Envelope>)> = BTreeMap::new();
+        // Counted once per (source, kind) and batch rather than once per message.
+        let mut tally: Vec<(SourceKind, MessageKind, u64)> = Vec::new();
         for (i, kind, thing) in routed {
             let m = &batch[i];
-            received(m, Some(kind));
-            metrics::counter!("twinbridge_router_messages_total", "kind" => kind.as_str())
-                .increment(1);
+            match tally
+                .iter_mut()
+                .find(|(s, k, _)| *s == m.source.kind && *k == kind)
+            {
+                Some(t) => t.2 += 1,
+                None => tally.push((m.source.kind, kind, 1)),
+            }
             match self.routes.get(&thing) {
                 Some(shard) => {
                     let trace = spans.as_mut().and_then(|s| s.append(i, &thing, shard));
@@ -212,6 +218,17 @@ impl Ingestor {
                     }
                 }
             }
+        }
+
+        for (source, kind, n) in tally {
+            metrics::counter!(
+                "twinbridge_router_received_total",
+                "source" => source.as_str(),
+                "kind" => kind.as_str()
+            )
+            .increment(n);
+            metrics::counter!("twinbridge_router_messages_total", "kind" => kind.as_str())
+                .increment(n);
         }
 
         // One pipelined append per shard, shards concurrently; order within a shard is kept.

@@ -223,6 +223,43 @@ async fn topics_presence_and_shadow_documents_are_routed_in_order() {
 }
 
 #[tokio::test]
+async fn batch_payloads_are_kept_byte_for_byte() {
+    let r = router(None).await;
+    // Spacing, key order, number forms and escapes as the device sent them.
+    let payloads = [
+        r#"{ "temp" : 10.50, "a":1 }"#,
+        r#"{"note":"caf\u00e9 \"q\"","n":-0.0,"big":12345678901234567890}"#,
+        "{\n  \"temp\": 1e3\n}",
+    ];
+    let body = format!(
+        r#"{{"messages": [{}]}}"#,
+        payloads
+            .iter()
+            .map(|p| format!(r#"{{"topic": "tpx/things/pump-1/uplink", "payload": {p}}}"#))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (status, answer) = r.post("/v1/ingest", body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"accepted": 3, "dead_lettered": 0, "dropped": 0, "results": [
+            {"outcome": "appended", "shard": r.shards[0].0},
+            {"outcome": "appended", "shard": r.shards[0].0},
+            {"outcome": "appended", "shard": r.shards[0].0},
+        ]})
+    );
+    let kept: Vec<Vec<u8>> = r
+        .stream(r.shards[0])
+        .await
+        .iter()
+        .map(|e| e.envelope.as_ref().unwrap().payload.as_bytes().to_vec())
+        .collect();
+    let sent: Vec<Vec<u8>> = payloads.iter().map(|p| p.as_bytes().to_vec()).collect();
+    assert_eq!(kept, sent);
+}
+
+#[tokio::test]
 async fn every_bad_input_class_ends_in_the_dlq_with_its_bytes() {
     let r = router(None).await;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
